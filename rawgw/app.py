@@ -1,0 +1,251 @@
+"""The gateway: dispatches each request head to a local endpoint or an Exchange.
+
+Holds what lives across requests — the config, the router (with key state), the
+upstream pools, the open client connections and the observer — and swaps the
+config on reload without dropping connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from time import perf_counter
+from typing import TYPE_CHECKING
+
+import h11
+import orjson
+
+from rawgw import __version__
+from rawgw.config import Config, GatewayKey, Provider
+from rawgw.errors import GatewayError
+from rawgw.http.headers import get_header
+from rawgw.observe.recorder import Recorder
+from rawgw.relay import Exchange
+from rawgw.routing.auth import authenticate, presented_key
+from rawgw.routing.router import Endpoint, Router
+from rawgw.server.connection import ClientConnection
+from rawgw.upstream.pool import Origin, OriginPool, Pools
+
+if TYPE_CHECKING:
+    from rawgw.local import LocalEndpoints
+
+log = logging.getLogger("rawgw")
+
+Header = tuple[bytes, bytes]
+
+JSON = (b"content-type", b"application/json")
+
+CORS_ALLOW_HEADERS = (
+    b"authorization, content-type, x-api-key, anthropic-version, anthropic-beta, "
+    b"anthropic-dangerous-direct-browser-access, openai-organization, openai-project, "
+    b"http-referer, x-title, x-request-id, x-rawgw-timeout, x-stainless-os, x-stainless-lang, "
+    b"x-stainless-package-version, x-stainless-runtime, x-stainless-runtime-version, "
+    b"x-stainless-arch, x-stainless-retry-count, x-stainless-timeout, cache-control"
+)
+
+
+def valid_request_id(value: bytes | None) -> bool:
+    """SPEC 6: 1–128 visible ASCII characters."""
+    return value is not None and 0 < len(value) <= 128 and all(0x21 <= c <= 0x7E for c in value)
+
+
+def new_request_id() -> bytes:
+    return os.urandom(12).hex().encode()
+
+
+class Gateway:
+    """Request dispatch plus the state shared by every connection of one process."""
+
+    def __init__(self, config: Config) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.clients: set[ClientConnection] = set()
+        self.pools = Pools(config.server.max_header_bytes)
+        self.router = Router(config)
+        self.config = config
+        self.recorder = Recorder(config)
+        self._apply(config)
+        self.started = time.time()
+        self.active_streams = 0
+        self.draining = False
+        from rawgw.local import LocalEndpoints
+
+        self.local: LocalEndpoints = LocalEndpoints(self)
+
+    def _apply(self, config: Config) -> None:
+        self.config = config
+        self.keys: tuple[GatewayKey, ...] = config.keys
+        self.encoded_keys = [k.key.encode() for k in config.keys]
+        self.public_paths = frozenset(config.server.public_paths)
+        self.cors_origins = config.server.cors_origins
+        self._authority: dict[str, bytes] = {}
+        self._provider_headers: dict[str, list[Header]] = {
+            name: [(k.lower().encode(), v.encode()) for k, v in p.headers] for name, p in config.providers.items()
+        }
+        self._origins: dict[str, Origin] = {
+            name: Origin(p.scheme, p.host, p.port, p.proxy) for name, p in config.providers.items()
+        }
+
+    def reload(self, config: Config) -> None:
+        """SIGHUP: new routing and limits; cooldowns carried over by key value."""
+        self.router = Router(config, old=self.router)
+        self.recorder.reconfigure(config)
+        self._apply(config)
+
+    # ---- per-provider lookups (computed once per config) --------------------
+
+    def authority(self, provider: Provider) -> bytes:
+        value = self._authority.get(provider.name)
+        if value is None:
+            value = self._authority[provider.name] = self._origins[provider.name].authority.encode()
+        return value
+
+    def provider_headers(self, provider: Provider) -> list[Header]:
+        return self._provider_headers.get(provider.name, [])
+
+    def origin_pool(self, provider: Provider) -> OriginPool:
+        return self.pools.get(self._origins[provider.name], provider.max_connections, provider.pool_idle_s)
+
+    # ---- dispatch (server.connection.Handler) -------------------------------
+
+    def on_request(self, client: ClientConnection, request: h11.Request) -> None:
+        t0 = perf_counter()
+        rid = get_header(request.headers, b"x-request-id")
+        request_id = rid if rid is not None and valid_request_id(rid) else new_request_id()
+        method = request.method
+        origin = get_header(request.headers, b"origin")
+        try:
+            endpoint = self.router.classify(request.target)
+        except GatewayError as err:
+            self._reject(client, request, err, request_id, t0)
+            return
+        if method == b"OPTIONS" and self.cors_origins and origin is not None:
+            client.send_response(204, self._preflight_headers(origin, request), b"")
+            return
+        key: GatewayKey | None = None
+        if endpoint.path not in self.public_paths and self.keys:
+            presented = presented_key(request.headers)
+            key = authenticate(self.keys, self.encoded_keys, presented)
+            if key is None:
+                msg = "missing gateway key: send Authorization: Bearer <key> or x-api-key" if presented is None else "invalid gateway key"
+                self._reject(client, request, GatewayError(401, msg), request_id, t0)
+                return
+        if endpoint.kind == "local":
+            self.local.handle(client, request, endpoint, key, request_id, t0)
+            return
+        if endpoint.kind == "unknown":
+            self._reject(client, request, GatewayError(404, f"unknown path {endpoint.path}", code="unknown_path"), request_id, t0)
+            return
+        if endpoint.kind == "models" and method in (b"GET", b"HEAD"):
+            self.local.models(client, request, endpoint, key, request_id, t0)
+            return
+        if endpoint.kind == "routed":
+            if method != b"POST":
+                self._reject(client, request, GatewayError(405, f"{endpoint.path} accepts POST only", headers=[(b"allow", b"POST")]), request_id, t0)
+                return
+            ctype = get_header(request.headers, b"content-type")
+            if ctype is not None and b"json" not in ctype.lower():
+                self._reject(client, request, GatewayError(415, "Content-Type must be application/json"), request_id, t0)
+                return
+        timeout = self.config.server.request_timeout_s
+        asked = get_header(request.headers, b"x-rawgw-timeout")
+        if asked is not None:
+            try:
+                value = float(asked)
+            except ValueError:
+                value = 0.0
+            if value > 0:
+                timeout = min(timeout, value)
+        ex = Exchange(self, client, request, endpoint, key, request_id, t0, timeout)
+        client.sink = ex
+        client.send_continue()
+        ex.task = self.loop.create_task(ex.run())
+
+    def _reject(self, client: ClientConnection, request: h11.Request, err: GatewayError, request_id: bytes, t0: float) -> None:
+        ex = Exchange(self, client, request, Endpoint("unknown", request.target.decode("latin-1")), None, request_id, t0, 0.0)
+        ex.fail(err)
+
+    # ---- headers added to every response ------------------------------------
+
+    def response_extras(self, ex: Exchange, routed: bool) -> list[Header]:
+        now = perf_counter()
+        out: list[Header] = [(b"x-request-id", ex.request_id)]
+        if routed:
+            if ex.provider:
+                out.append((b"x-rawgw-provider", ex.provider.encode()))
+            out.append((b"x-rawgw-attempts", str(ex.attempts).encode()))
+        if ex.t_sent and ex.t_head:
+            upstream_ms = (ex.t_head - ex.t_sent) * 1000
+            gw_ms = (now - ex.t0) * 1000 - upstream_ms
+            out.append((b"server-timing", f"gw;dur={gw_ms:.3f}, upstream;dur={upstream_ms:.3f}".encode()))
+        else:
+            out.append((b"server-timing", f"gw;dur={(now - ex.t0) * 1000:.3f}".encode()))
+        out.extend(self.cors_headers(get_header(ex.request.headers, b"origin")))
+        return out
+
+    def cors_headers(self, origin: bytes | None) -> list[Header]:
+        origins = self.cors_origins
+        if not origins:
+            return []
+        if "*" in origins:
+            return [(b"access-control-allow-origin", b"*"), (b"access-control-expose-headers", b"*")]
+        if origin is not None and origin.decode("latin-1") in origins:
+            return [(b"access-control-allow-origin", origin), (b"vary", b"Origin"), (b"access-control-expose-headers", b"*")]
+        return []
+
+    def extra_error_headers(self) -> list[Header]:
+        """For errors written before a request could be parsed (400/408/431)."""
+        if self.cors_origins and "*" in self.cors_origins:
+            return [(b"access-control-allow-origin", b"*")]
+        return []
+
+    def _preflight_headers(self, origin: bytes, request: h11.Request) -> list[Header]:
+        headers = self.cors_headers(origin)
+        if not headers:
+            return []
+        asked = get_header(request.headers, b"access-control-request-headers")
+        allow = CORS_ALLOW_HEADERS
+        if asked:
+            allow = allow + b", " + asked
+        headers += [
+            (b"access-control-allow-methods", b"GET, POST, PUT, PATCH, DELETE, OPTIONS"),
+            (b"access-control-allow-headers", allow),
+            (b"access-control-max-age", b"600"),
+        ]
+        return headers
+
+    # ---- observation ---------------------------------------------------------
+
+    def note_upstream_failure(self, ex: Exchange, provider: Provider, err: Exception) -> None:
+        self.recorder.upstream_failure(ex, provider.name, err)
+
+    def record(self, ex: Exchange) -> None:
+        self.recorder.request_done(ex)
+
+    def version_info(self) -> bytes:
+        return orjson.dumps(
+            {
+                "name": "rawgw",
+                "version": __version__,
+                "endpoints": [
+                    "POST /v1/chat/completions",
+                    "POST /v1/completions",
+                    "POST /v1/embeddings",
+                    "POST /v1/responses",
+                    "POST /v1/messages",
+                    "POST /v1/messages/count_tokens",
+                    "GET /v1/models",
+                    "/v1/{rest}",
+                    "/{provider}/{rest}",
+                    "GET /health",
+                    "GET /health/providers",
+                    "GET /metrics",
+                    "GET /dashboard",
+                ],
+            }
+        )
+
+    def close(self) -> None:
+        self.pools.close()
+        self.recorder.close()

@@ -1,0 +1,113 @@
+"""Command line only: parse arguments, call into the package (SPEC 2)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from rawgw import __version__
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rawgw", description="A strict HTTP/1.1 gateway for LLM APIs.")
+    p.add_argument("--version", action="version", version=f"rawgw {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="run the gateway")
+    s.add_argument("-c", "--config", help="config file (default: $RAWGW_CONFIG, else ./gateway.toml)")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.add_argument("--workers", type=int)
+    s.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+
+    d = sub.add_parser("demo", help="run a gateway in front of a built-in mock upstream (offline, no keys)")
+    d.add_argument("--port", type=int, default=0)
+    d.add_argument("--once", action="store_true", help="send one plain and one streaming completion, print them, exit")
+    d.add_argument("--log-level", choices=LOG_LEVELS, default="warning")
+
+    i = sub.add_parser("init", help="write a starter config")
+    i.add_argument("path", nargs="?", default="gateway.toml")
+    i.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+    c = sub.add_parser("check", help="validate a config and print a summary")
+    c.add_argument("-c", "--config")
+
+    im = sub.add_parser("import", help="convert other gateways' configs into gateway.toml")
+    im.add_argument("files", nargs="+")
+    im.add_argument("-o", "--output")
+    return p
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return cmd_serve(args)
+    if args.command == "demo":
+        from rawgw.demo import run_demo
+
+        setup_logging(args.log_level)
+        return run_demo(args.port, args.once)
+    if args.command == "init":
+        from rawgw.config_commands import cmd_init
+
+        return cmd_init(args.path, args.force)
+    if args.command == "check":
+        from rawgw.config_commands import cmd_check
+
+        return cmd_check(args.config)
+    if args.command == "import":
+        from rawgw.config_commands import cmd_import
+
+        return cmd_import(args.files, args.output)
+    _parser().print_help()
+    return 2
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from rawgw.config import ConfigError, find_config_path, load_config
+
+    path = find_config_path(args.config)
+    if path is None:
+        print(
+            "rawgw: no config found (-c PATH, $RAWGW_CONFIG or ./gateway.toml); create one with `rawgw init` or try `rawgw demo`",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return 2
+    setup_logging(args.log_level)
+    host = args.host if args.host is not None else config.server.host
+    port = args.port if args.port is not None else config.server.port
+    workers = args.workers if args.workers is not None else config.server.workers
+    if workers > 1:
+        from rawgw.workers import run_workers
+
+        return run_workers(config, path, host, port, workers)
+    from rawgw.serve import install_event_loop_policy, serve_forever
+
+    install_event_loop_policy()
+
+    def announce(server: object) -> None:
+        print(f"rawgw listening on {server.url}", flush=True)  # type: ignore[attr-defined]
+
+    return asyncio.run(serve_forever(config, path, host, port, announce=announce))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

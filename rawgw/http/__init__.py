@@ -1,0 +1,1 @@
+"""Wire helpers shared by both legs: header filtering, the Date cache, canned responses."""

@@ -1,0 +1,1 @@
+"""Observation: logs written off the event loop, metrics, the dashboard."""

@@ -1,0 +1,82 @@
+"""Render the gateway's counters as Prometheus text format 0.0.4 and as JSON."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from rawgw.observe.metrics import _esc
+
+if TYPE_CHECKING:
+    from rawgw.app import Gateway
+
+
+def render(gw: Gateway) -> str:
+    m = gw.recorder.metrics
+    out: list[str] = []
+
+    def head(name: str, kind: str, help_text: str) -> None:
+        out.append(f"# HELP {name} {help_text}")
+        out.append(f"# TYPE {name} {kind}")
+
+    head("rawgw_requests_total", "counter", "Requests answered, by endpoint kind, provider and status.")
+    for (kind, provider, status), n in sorted(m.requests.items()):
+        out.append(f'rawgw_requests_total{{route="{_esc(kind)}",provider="{_esc(provider)}",status="{status}"}} {n}')
+    head("rawgw_request_duration_seconds", "histogram", "Time from request head to the end of the response.")
+    for (kind, provider), h in sorted(m.latency.items()):
+        out.extend(h.render("rawgw_request_duration_seconds", f'route="{_esc(kind)}",provider="{_esc(provider)}"'))
+    head("rawgw_upstream_ttfb_seconds", "histogram", "Upstream time from request sent to response head.")
+    for provider, h in sorted(m.ttfb.items()):
+        out.extend(h.render("rawgw_upstream_ttfb_seconds", f'provider="{_esc(provider)}"'))
+    head("rawgw_overhead_seconds", "histogram", "The gateway's own time per proxied request (excluding upstream time).")
+    out.extend(m.overhead_hist.render("rawgw_overhead_seconds", ""))
+    head("rawgw_upstream_attempts_total", "counter", "Upstream attempts, by provider of the answering attempt.")
+    for provider, n in sorted(m.attempts.items()):
+        out.append(f'rawgw_upstream_attempts_total{{provider="{_esc(provider)}"}} {n}')
+    head("rawgw_failovers_total", "counter", "Failed upstream attempts that moved on, by provider.")
+    for provider, n in sorted(m.failovers.items()):
+        out.append(f'rawgw_failovers_total{{provider="{_esc(provider)}"}} {n}')
+    head("rawgw_tokens_total", "counter", "Tokens reported in upstream usage, by provider, model, key name and kind.")
+    for (provider, model, key_name, kind), n in sorted(m.tokens.items()):
+        out.append(
+            f'rawgw_tokens_total{{provider="{_esc(provider)}",model="{_esc(model)}",key_name="{_esc(key_name)}",kind="{kind}"}} {n}'
+        )
+    head("rawgw_rate_limited_total", "counter", "Requests refused by a gateway key's rate limit.")
+    for key_name, n in sorted(m.rate_limited.items()):
+        out.append(f'rawgw_rate_limited_total{{key_name="{_esc(key_name)}"}} {n}')
+    head("rawgw_cache_total", "counter", "Response cache look-ups by result.")
+    for result, n in sorted(m.cache.items()):
+        out.append(f'rawgw_cache_total{{result="{result}"}} {n}')
+    now = time.time()
+    head("rawgw_provider_keys", "gauge", "Provider keys by state (active, cooling, disabled).")
+    for name, pool in gw.router.pools.items():
+        counts = {"active": 0, "cooling": 0, "disabled": 0}
+        for st in pool.states.values():
+            counts["disabled" if st.disabled else "cooling" if st.cooldown_until > now else "active"] += 1
+        for state, n in counts.items():
+            out.append(f'rawgw_provider_keys{{provider="{_esc(name)}",state="{state}"}} {n}')
+    head("rawgw_open_connections", "gauge", "Open client connections.")
+    out.append(f"rawgw_open_connections {len(gw.clients)}")
+    head("rawgw_active_streams", "gauge", "Responses being relayed right now.")
+    out.append(f"rawgw_active_streams {sum(1 for c in gw.clients if c.in_flight)}")
+    head("rawgw_upstream_pool_connections", "gauge", "Upstream connections per origin (open, idle).")
+    for authority, (open_n, idle_n) in sorted(gw.pools.stats().items()):
+        out.append(f'rawgw_upstream_pool_connections{{origin="{_esc(authority)}",state="open"}} {open_n}')
+        out.append(f'rawgw_upstream_pool_connections{{origin="{_esc(authority)}",state="idle"}} {idle_n}')
+    return "\n".join(out) + "\n"
+
+
+def snapshot(gw: Gateway) -> dict[str, Any]:
+    m = gw.recorder.metrics
+    total = sum(m.requests.values())
+    by_status: dict[str, int] = {}
+    for (_, _, status), n in m.requests.items():
+        by_status[str(status)] = by_status.get(str(status), 0) + n
+    return {
+        "time": time.time(),
+        "uptime_s": time.time() - gw.started,
+        "requests_total": total,
+        "by_status": by_status,
+        "open_connections": len(gw.clients),
+        "providers": gw.local.providers_status()["providers"],
+    }

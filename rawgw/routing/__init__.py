@@ -1,0 +1,1 @@
+"""Pure routing policy: auth, route match, candidates, key choice, cooldown, body rewrite."""

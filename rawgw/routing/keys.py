@@ -1,0 +1,225 @@
+"""Provider key pools: strategy order, cooldown after 429, disable after 401/403, breakers.
+
+Pure state, no sockets: the relay reports outcomes (``on_success``, ``on_429``,
+``on_auth_failure``, ``on_failure``) and asks for the next keys to try.
+State is keyed by the key's value so it survives a config reload (SIGHUP) for
+keys whose value did not change.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+
+MAX_BACKOFF_FACTOR = 16
+BREAKER_FAILURES = 5
+BREAKER_WINDOW_S = 30.0
+BREAKER_OPEN_S = 10.0
+
+
+@dataclass(slots=True)
+class KeyState:
+    """Runtime state of one provider key (never holds anything printed unmasked)."""
+
+    cooldown_until: float = 0.0  # monotonic-free wall time (time.time())
+    strikes: int = 0  # consecutive 429s without Retry-After info: doubles cooldown_s
+    disabled: bool = False  # 401/403 from upstream; cleared by reload
+    requests: int = 0
+    failures: int = 0
+    rate_limited: int = 0
+
+    def available(self, now: float) -> bool:
+        return not self.disabled and self.cooldown_until <= now
+
+
+@dataclass(slots=True)
+class Breaker:
+    """Per provider circuit breaker (SPEC 8): 5 failures in 30 s → open 10 s → half-open probe."""
+
+    failures: list[float] = field(default_factory=list)
+    open_until: float = 0.0
+    probing: bool = False
+
+    def state(self, now: float) -> str:
+        if self.open_until > now:
+            return "open"
+        if self.open_until:
+            return "half-open"
+        return "closed"
+
+    def allow(self, now: float) -> bool:
+        st = self.state(now)
+        if st == "closed":
+            return True
+        if st == "half-open" and not self.probing:
+            self.probing = True
+            return True
+        return False
+
+    def record_failure(self, now: float) -> None:
+        if self.open_until and self.open_until <= now:
+            # The half-open probe failed: open again.
+            self.open_until = now + BREAKER_OPEN_S
+            self.probing = False
+            return
+        self.failures = [t for t in self.failures if now - t < BREAKER_WINDOW_S]
+        self.failures.append(now)
+        if len(self.failures) >= BREAKER_FAILURES:
+            self.open_until = now + BREAKER_OPEN_S
+            self.failures.clear()
+            self.probing = False
+
+    def record_success(self) -> None:
+        self.failures.clear()
+        self.open_until = 0.0
+        self.probing = False
+
+
+class KeyPool:
+    """One provider's keys in strategy order, skipping resting and disabled ones."""
+
+    def __init__(self, keys: Iterable[str], strategy: str, cooldown_s: float, states: Mapping[str, KeyState] | None = None) -> None:
+        self.keys = list(keys)
+        self.strategy = strategy
+        self.cooldown_s = cooldown_s
+        self.states: dict[str, KeyState] = {}
+        old = states or {}
+        for k in self.keys:
+            st = old.get(k)
+            if st is not None:
+                st.disabled = False  # SPEC 7: a reload brings disabled keys back
+                self.states[k] = st
+            else:
+                self.states[k] = KeyState()
+        self.next_index = 0
+        self.breaker = Breaker()
+
+    def order(self) -> list[str]:
+        """Every key in the order this request should try them."""
+        keys = self.keys
+        if self.strategy == "first" or len(keys) == 1:
+            return list(keys)
+        if self.strategy == "random":
+            out = list(keys)
+            random.shuffle(out)
+            return out
+        i = self.next_index % len(keys)
+        self.next_index = i + 1
+        return keys[i:] + keys[:i]
+
+    def available(self, now: float) -> list[str]:
+        return [k for k in self.order() if self.states[k].available(now)]
+
+    def soonest_return(self, now: float) -> float | None:
+        """Seconds until the first cooling key is back (None when none is cooling)."""
+        waits = [st.cooldown_until - now for st in self.states.values() if not st.disabled and st.cooldown_until > now]
+        return min(waits) if waits else None
+
+    def on_success(self, key: str) -> None:
+        st = self.states[key]
+        st.requests += 1
+        st.strikes = 0
+        self.breaker.record_success()
+
+    def on_429(self, key: str, headers: Iterable[tuple[bytes, bytes]], now: float | None = None) -> float:
+        """Put ``key`` to rest; return the rest in seconds."""
+        now = time.time() if now is None else now
+        st = self.states[key]
+        st.requests += 1
+        st.rate_limited += 1
+        rest = cooldown_from_headers(headers, now)
+        if rest is None:
+            rest = self.cooldown_s * min(MAX_BACKOFF_FACTOR, 2**st.strikes)
+            st.strikes += 1
+        st.cooldown_until = now + rest
+        return rest
+
+    def on_auth_failure(self, key: str) -> None:
+        st = self.states[key]
+        st.requests += 1
+        st.failures += 1
+        st.disabled = True
+
+    def on_failure(self, key: str | None, now: float | None = None) -> None:
+        """Connect error or 5xx: counts toward the provider's breaker, not the key."""
+        if key is not None:
+            st = self.states[key]
+            st.requests += 1
+            st.failures += 1
+        self.breaker.record_failure(time.time() if now is None else now)
+
+    def on_client_error(self, key: str) -> None:
+        """4xx other than 401/403/429: the key is fine, the breaker does not count it."""
+        st = self.states[key]
+        st.requests += 1
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def parse_duration(text: str) -> float | None:
+    """OpenAI's ``x-ratelimit-reset-*`` durations: ``1m30s``, ``20s``, ``6ms``, ``0.5s``."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    pos = 0
+    total = 0.0
+    for m in _DURATION_PART.finditer(text):
+        if m.start() != pos:
+            return None
+        value = float(m.group(1))
+        unit = m.group(2)
+        total += value * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
+        pos = m.end()
+    if pos != len(text) or pos == 0:
+        return None
+    return total
+
+
+def cooldown_from_headers(headers: Iterable[tuple[bytes, bytes]], now: float) -> float | None:
+    """SPEC 8 cooldown sources, first found wins; None when none is usable."""
+    found: dict[bytes, str] = {}
+    for name, value in headers:
+        if name not in found:
+            found[name] = value.decode("latin-1").strip()
+    ra = found.get(b"retry-after")
+    if ra:
+        try:
+            return max(0.0, float(ra))
+        except ValueError:
+            try:
+                when = parsedate_to_datetime(ra)
+                return max(0.0, when.timestamp() - now)
+            except (TypeError, ValueError, IndexError):
+                pass
+    for name in (b"x-ratelimit-reset-requests", b"x-ratelimit-reset-tokens"):
+        v = found.get(name)
+        if v:
+            d = parse_duration(v)
+            if d is not None:
+                return d
+    v = found.get(b"x-ratelimit-reset")
+    if v:
+        try:
+            ms = float(v)
+            # OpenRouter: milliseconds since the epoch.
+            return max(0.0, ms / 1000.0 - now)
+        except ValueError:
+            pass
+    v = found.get(b"anthropic-ratelimit-requests-reset")
+    if v:
+        try:
+            when = datetime.fromisoformat(v.replace("Z", "+00:00"))
+            return max(0.0, when.timestamp() - now)
+        except ValueError:
+            pass
+    return None

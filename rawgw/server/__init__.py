@@ -1,0 +1,1 @@
+"""The client leg: connections, h11 SERVER, limits, timers, flow control."""

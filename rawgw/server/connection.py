@@ -1,0 +1,436 @@
+"""The client leg: one asyncio.Protocol per client connection driving h11.SERVER.
+
+This module knows HTTP framing, limits, timers and flow control — nothing about
+models, keys or providers. Each complete request head becomes an ``Exchange``
+handed to ``handler.on_request``; the exchange answers through the ``send_*``
+methods here, which are the only place that writes to the client socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import TYPE_CHECKING, Protocol, cast
+
+import h11
+
+from rawgw.errors import REASONS, GatewayError
+from rawgw.http.date import http_date
+
+if TYPE_CHECKING:
+    from rawgw.config import ServerConfig
+
+log = logging.getLogger("rawgw.server")
+
+Header = tuple[bytes, bytes]
+
+# Pipelined bytes buffered beyond the request being answered before the client
+# socket stops being read (bounded pipelining depth).
+PIPELINE_BUFFER_LIMIT = 256 * 1024
+
+
+class Handler(Protocol):
+    """What the server leg calls into (the gateway's dispatch)."""
+
+    def on_request(self, client: ClientConnection, request: h11.Request) -> None: ...
+
+
+class Sink(Protocol):
+    """The current exchange, as the server leg sees it."""
+
+    def on_body(self, data: bytes) -> None: ...
+
+    def on_body_end(self) -> None: ...
+
+    def on_client_gone(self) -> None: ...
+
+    def on_writable(self, writable: bool) -> None: ...
+
+
+def _set_nodelay(transport: asyncio.BaseTransport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+class ClientConnection(asyncio.Protocol):
+    """h11 server state, header/keep-alive timers and back-pressure for one socket."""
+
+    def __init__(self, handler: Handler, server: ServerConfig, registry: set[ClientConnection]) -> None:
+        self.handler = handler
+        self.config = server
+        self.registry = registry
+        self.loop = asyncio.get_running_loop()
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=server.max_header_bytes)
+        self.transport: asyncio.Transport | None = None
+        self.sink: Sink | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.writable = True
+        self.reading_paused = False
+        self.closed = False
+        self.draining = False  # server shutting down: close after the current response
+        self.request_done = False  # the current request's body fully received
+        self.response_done = False
+        self.in_flight = False  # a request head was received and not fully answered
+        self.pipelined = 0
+        self.body_seen = 0
+        self.peer = ""
+
+    # ---- asyncio.Protocol -------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        self.registry.add(self)
+        _set_nodelay(transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else ""
+        self._arm_header_timer()
+
+    def data_received(self, data: bytes) -> None:
+        if self.in_flight and self.request_done:
+            # Pipelined bytes while we answer: keep reading (a FIN must still be
+            # seen) but stop once the backlog is large.
+            self.pipelined += len(data)
+            if self.pipelined > PIPELINE_BUFFER_LIMIT:
+                self._pause_reading()
+        elif not self.in_flight and self.timer is not None and not self._header_timer_armed:
+            self._arm_header_timer()
+        self.h11.receive_data(data)
+        self._process()
+
+    def eof_received(self) -> bool:
+        # SPEC 6: a FIN before the response is complete counts as disconnecting.
+        if self.in_flight:
+            self._client_gone()
+            return False
+        self.h11.receive_data(b"")
+        self._process()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.registry.discard(self)
+        self._cancel_timer()
+        if self.in_flight:
+            self._client_gone()
+
+    def pause_writing(self) -> None:
+        self.writable = False
+        if self.sink is not None:
+            self.sink.on_writable(False)
+
+    def resume_writing(self) -> None:
+        self.writable = True
+        if self.sink is not None:
+            self.sink.on_writable(True)
+
+    # ---- reading requests -------------------------------------------------
+
+    def _process(self) -> None:
+        conn = self.h11
+        while not self.closed:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                self._protocol_error(exc)
+                return
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            etype = type(event)
+            if etype is h11.Data:
+                self._on_body(event.data)  # type: ignore[union-attr]
+            elif etype is h11.Request:
+                self._on_request(event)  # type: ignore[arg-type]
+            elif etype is h11.EndOfMessage:
+                self.request_done = True
+                if self.sink is not None:
+                    self.sink.on_body_end()
+                self._maybe_cycle()
+            elif etype is h11.ConnectionClosed:
+                self.close()
+                return
+
+    def _on_request(self, request: h11.Request) -> None:
+        self._cancel_timer()
+        self.in_flight = True
+        self.request_done = False
+        self.response_done = False
+        self.pipelined = 0
+        self.body_seen = 0
+        bad = check_request_framing(request, self.config.max_body_bytes) or self._check_target(request)
+        if bad is not None:
+            self.send_error(bad)
+            return
+        self.handler.on_request(self, request)
+
+    def _check_target(self, request: h11.Request) -> GatewayError | None:
+        """RFC 9112 §3.2: only origin-form, or absolute-form naming this gateway."""
+        target = request.target
+        if request.method == b"CONNECT":
+            return GatewayError(400, "CONNECT is not supported: rawgw is not a forward proxy", close=True)
+        if target.startswith(b"/") or target == b"*" and request.method == b"OPTIONS":
+            return None
+        lower = target.lower()
+        if not (lower.startswith(b"http://") or lower.startswith(b"https://")):
+            return GatewayError(400, "malformed request target", close=True)
+        rest = target.split(b"://", 1)[1]
+        authority, slash, path = rest.partition(b"/")
+        host = None
+        for name, value in request.headers:
+            if name == b"host":
+                host = value.lower()
+        sockname = self.transport.get_extra_info("sockname") if self.transport is not None else None
+        local = f"{sockname[0]}:{sockname[1]}".encode() if sockname else b""
+        if authority.lower() not in (host, local):
+            return GatewayError(400, "absolute-form target names another host: rawgw is not a forward proxy", close=True)
+        object.__setattr__(request, "target", b"/" + path if slash else b"/")
+        return None
+
+    def _on_body(self, data: bytes) -> None:
+        self.body_seen += len(data)
+        if self.body_seen > self.config.max_body_bytes:
+            if self.sink is not None:
+                self.sink.on_client_gone()
+                self.sink = None
+            if not self.response_started:
+                self.send_error(GatewayError(413, f"request body exceeds {self.config.max_body_bytes} bytes", close=True))
+            else:
+                self.close()
+            return
+        if self.sink is not None:
+            self.sink.on_body(data)
+
+    def _protocol_error(self, exc: h11.RemoteProtocolError) -> None:
+        status = exc.error_status_hint
+        if self.in_flight and self.response_started:
+            self.close()
+            return
+        if self.sink is not None:
+            self.sink.on_client_gone()
+            self.sink = None
+        if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            self.close()
+            return
+        if status == 431:
+            msg = f"request head exceeds {self.config.max_header_bytes} bytes"
+        elif status == 501:
+            msg = f"unsupported transfer coding: {exc}"
+        else:
+            msg = f"malformed request: {exc}"
+        self._write_error_and_close(status, msg)
+
+    # ---- timers -------------------------------------------------------------
+
+    _header_timer_armed = False
+
+    def _arm_header_timer(self) -> None:
+        self._cancel_timer()
+        self._header_timer_armed = True
+        self.timer = self.loop.call_later(self.config.header_timeout_s, self._header_timeout)
+
+    def _arm_keepalive_timer(self) -> None:
+        self._cancel_timer()
+        self._header_timer_armed = False
+        self.timer = self.loop.call_later(self.config.keepalive_timeout_s, self._keepalive_timeout)
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self._header_timer_armed = False
+
+    def _header_timeout(self) -> None:
+        # Slowloris: a head not complete in time gets 408 and the socket closes.
+        self.timer = None
+        if self.closed or self.in_flight:
+            return
+        if self.h11.their_state is h11.IDLE and self.h11.our_state is h11.IDLE and not self._has_partial_request():
+            self.close()
+            return
+        self._write_error_and_close(408, f"request head not received within {self.config.header_timeout_s:g} s")
+
+    def _has_partial_request(self) -> bool:
+        return bool(self.h11.trailing_data[0])
+
+    def _keepalive_timeout(self) -> None:
+        self.timer = None
+        if not self.in_flight:
+            if self._has_partial_request():
+                self._write_error_and_close(408, "request head not received in time")
+            else:
+                self.close()
+
+    # ---- writing responses --------------------------------------------------
+
+    @property
+    def response_started(self) -> bool:
+        return self.h11.our_state is not h11.SEND_RESPONSE and self.in_flight
+
+    def send_continue(self) -> None:
+        """Answer ``Expect: 100-continue`` once the request was accepted."""
+        if self.h11.they_are_waiting_for_100_continue and self.transport is not None:
+            self.transport.write(self.h11.send(h11.InformationalResponse(status_code=100, headers=[])))
+
+    def send_head(self, status: int, headers: list[Header], reason: bytes = b"") -> None:
+        """Write the response head; ``headers`` must not hold Date or Server."""
+        if self.closed or self.transport is None:
+            return
+        headers.append((b"date", http_date()))
+        headers.append((b"server", b"rawgw"))
+        if self.draining:
+            headers.append((b"connection", b"close"))
+        data = self.h11.send(h11.Response(status_code=status, headers=headers, reason=reason or REASONS.get(status, b"")))
+        assert data is not None
+        self.transport.write(data)
+
+    def send_body(self, data: bytes) -> None:
+        if self.closed or self.transport is None:
+            return
+        pieces = self.h11.send_with_data_passthrough(h11.Data(data=data))
+        if pieces:
+            self.transport.writelines(pieces)
+
+    def send_end(self) -> None:
+        """Finish the response cleanly and move to the next request (keep-alive)."""
+        if self.closed or self.transport is None:
+            return
+        data = self.h11.send(h11.EndOfMessage())
+        if data:
+            self.transport.write(data)
+        self.response_done = True
+        self.sink = None
+        if self.h11.our_state is h11.MUST_CLOSE:
+            # Connection: close (HTTP/1.0 client, refused framing, draining).
+            self.in_flight = False
+            self.close()
+            return
+        self._maybe_cycle()
+
+    def send_response(self, status: int, headers: list[Header], body: bytes) -> None:
+        """A whole response with a known body, in one write."""
+        if self.closed or self.transport is None:
+            return
+        headers.append((b"content-length", str(len(body)).encode()))
+        self.send_head(status, headers)
+        if body and self.h11.our_state is h11.SEND_BODY:
+            self.send_body(body)
+        self.send_end()
+
+    def send_error(self, err: GatewayError, headers: list[Header] | None = None) -> None:
+        hdrs: list[Header] = [(b"content-type", b"application/json")]
+        hdrs.extend(err.headers)
+        if headers:
+            hdrs.extend(headers)
+        if err.close:
+            hdrs.append((b"connection", b"close"))
+        self.send_response(err.status, hdrs, err.body())
+
+    def abort_response(self) -> None:
+        """End a started response WITHOUT a clean end, so the client sees truncation."""
+        self.sink = None
+        self.close()
+
+    def _write_error_and_close(self, status: int, message: str) -> None:
+        """Answer a request h11 could not parse: raw bytes, since h11 is in ERROR."""
+        if self.transport is None or self.closed:
+            return
+        err = GatewayError(status, message)
+        body = err.body()
+        head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\ndate: %s\r\nserver: rawgw\r\nconnection: close\r\n" % (
+            status,
+            REASONS.get(status, b"Error"),
+            len(body),
+            http_date(),
+        )
+        extra = getattr(self.handler, "extra_error_headers", None)
+        if extra is not None:
+            for name, value in extra():
+                head += name + b": " + value + b"\r\n"
+        self.transport.write(head + b"\r\n" + body)
+        self.close()
+
+    # ---- keep-alive cycle ---------------------------------------------------
+
+    def _maybe_cycle(self) -> None:
+        if not (self.request_done and self.response_done):
+            return
+        if self.h11.our_state is h11.MUST_CLOSE or self.h11.their_state is h11.MUST_CLOSE or self.draining:
+            self.close()
+            return
+        if self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:
+            self.close()
+            return
+        self.h11.start_next_cycle()
+        self.in_flight = False
+        self.sink = None
+        if self.reading_paused:
+            self._resume_reading()
+        self._arm_keepalive_timer()
+        # Pipelined requests already buffered: h11 hands them out now, in order.
+        self.loop.call_soon(self._process_pipelined)
+
+    def _process_pipelined(self) -> None:
+        if not self.closed and not self.in_flight:
+            self._process()
+
+    def _client_gone(self) -> None:
+        sink = self.sink
+        self.sink = None
+        self.in_flight = False
+        if sink is not None:
+            sink.on_client_gone()
+        self.close()
+
+    def _pause_reading(self) -> None:
+        if not self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    def pause_reading(self) -> None:
+        """Back-pressure from the upstream leg (request body streaming)."""
+        self._pause_reading()
+
+    def resume_reading(self) -> None:
+        self._resume_reading()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._cancel_timer()
+            if self.transport is not None:
+                self.transport.close()
+
+    def drain(self) -> None:
+        """Shutdown: idle connections close now, busy ones after their response."""
+        self.draining = True
+        if not self.in_flight:
+            self.close()
+
+
+def check_request_framing(request: h11.Request, max_body_bytes: int) -> GatewayError | None:
+    """Refusals h11 itself lets through (RFC 9112 §6.1, §6.3)."""
+    te = cl = None
+    for name, value in request.headers:
+        if name == b"transfer-encoding":
+            te = value
+        elif name == b"content-length":
+            cl = value
+    if te is not None:
+        if cl is not None:
+            # RFC 9112 §6.3: a message with both TE and CL is a smuggling vector.
+            return GatewayError(400, "request has both Transfer-Encoding and Content-Length", close=True)
+        if request.http_version == b"1.0":
+            return GatewayError(400, "Transfer-Encoding is not allowed in HTTP/1.0 requests", close=True)
+    if cl is not None and int(cl) > max_body_bytes:
+        return GatewayError(413, f"request body exceeds {max_body_bytes} bytes", close=True)
+    return None

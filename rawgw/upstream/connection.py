@@ -1,0 +1,303 @@
+"""The provider leg: one asyncio.Protocol per upstream connection driving h11.CLIENT.
+
+An ``UpstreamConnection`` carries one exchange at a time. The response head is
+delivered through a future (the relay awaits it to decide on failover); after
+that, body bytes are pushed to the exchange's callbacks straight from
+``data_received`` — no task, queue or await per chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import TYPE_CHECKING, Protocol, cast
+
+import h11
+
+if TYPE_CHECKING:
+    from rawgw.upstream.pool import OriginPool
+
+Header = tuple[bytes, bytes]
+
+
+class UpstreamError(Exception):
+    """The upstream broke the exchange: ``kind`` is connect, tls, protocol, reset or timeout."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+class BodySink(Protocol):
+    def on_upstream_data(self, data: bytes) -> None: ...
+
+    def on_upstream_end(self) -> None: ...
+
+    def on_upstream_error(self, err: UpstreamError) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """h11 client state plus the silence timer for one upstream socket."""
+
+    def __init__(self, pool: OriginPool, max_header_bytes: int) -> None:
+        self.pool = pool
+        self.loop = asyncio.get_running_loop()
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_header_bytes)
+        self.transport: asyncio.Transport | None = None
+        self.head_waiter: asyncio.Future[h11.Response] | None = None
+        self.sink: BodySink | None = None
+        self.streaming = False  # body events go to the sink (after the relay took the head)
+        self.closed = False
+        self.reading_paused = False
+        self.busy = False
+        self.last_read = 0.0
+        self.read_timeout = 300.0
+        self.silence_timer: asyncio.TimerHandle | None = None
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.on_writable: object = None  # callable(bool) for request-body back-pressure
+        self.connected = asyncio.get_running_loop().create_future()
+
+    # ---- asyncio.Protocol -------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+
+    def data_received(self, data: bytes) -> None:
+        if not self.busy:
+            # httpcore's rule: an idle connection that turns readable is dead.
+            self.abort()
+            return
+        self.last_read = self.loop.time()
+        self.h11.receive_data(data)
+        self._process()
+
+    def eof_received(self) -> bool:
+        if self.busy:
+            self.h11.receive_data(b"")
+            self._process()
+        self.closed = True
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._cancel_timers()
+        self.pool.discard(self)
+        if self.busy:
+            self._fail(UpstreamError("reset", "upstream closed the connection" + (f": {exc}" if exc else "")))
+
+    def pause_writing(self) -> None:
+        cb = self.on_writable
+        if callable(cb):
+            cb(False)
+
+    def resume_writing(self) -> None:
+        cb = self.on_writable
+        if callable(cb):
+            cb(True)
+
+    # ---- one exchange -------------------------------------------------------
+
+    def start(self, request: h11.Request, body: bytes | None, read_timeout: float) -> asyncio.Future[h11.Response]:
+        """Send the request head (and a known body); return the head's future."""
+        assert self.transport is not None
+        self._cancel_idle_timer()
+        if self.closed or self.transport.is_closing():
+            fut: asyncio.Future[h11.Response] = self.loop.create_future()
+            fut.set_exception(UpstreamError("reset", "upstream connection closed before the request was sent"))
+            return fut
+        self.busy = True
+        self.streaming = False
+        self.read_timeout = read_timeout
+        self.head_waiter = self.loop.create_future()
+        data = self.h11.send(request)
+        if body is None:
+            self.transport.write(data)  # type: ignore[arg-type]
+        else:
+            pieces = [data]
+            if body:
+                pieces.extend(self.h11.send_with_data_passthrough(h11.Data(data=body)))
+            pieces.append(self.h11.send(h11.EndOfMessage()))  # type: ignore[arg-type]
+            self.transport.writelines(pieces)  # type: ignore[arg-type]
+        return self.head_waiter
+
+    def send_body(self, data: bytes) -> None:
+        """Stream a piece of request body (body passed as None to ``start``)."""
+        if self.closed or self.transport is None:
+            return
+        self.transport.writelines(self.h11.send_with_data_passthrough(h11.Data(data=data)))
+
+    def send_body_end(self) -> None:
+        if self.closed or self.transport is None:
+            return
+        self.transport.write(self.h11.send(h11.EndOfMessage()))  # type: ignore[arg-type]
+
+    def stream_to(self, sink: BodySink) -> None:
+        """The relay took the head: from now on body events go to ``sink``."""
+        self.sink = sink
+        self.streaming = True
+        self.last_read = self.loop.time()
+        self.silence_timer = self.loop.call_at(self.last_read + self.read_timeout, self._silence_check)
+        self._process()
+        if not self.closed and self.transport is not None and not self.reading_paused:
+            self.transport.resume_reading()
+
+    def set_reading(self, on: bool) -> None:
+        """Flow control: a slow client pauses reading from the upstream."""
+        if self.closed or self.transport is None:
+            return
+        if on and self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()
+        elif not on and not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def _process(self) -> None:
+        conn = self.h11
+        while not self.closed:
+            if self.head_waiter is not None and not self.streaming and self.head_waiter.done():
+                # Head delivered, relay not yet streaming: leave the rest buffered.
+                return
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                self._fail(UpstreamError("protocol", f"malformed upstream response: {exc}"))
+                return
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            etype = type(event)
+            if etype is h11.Data:
+                if self.sink is not None:
+                    self.sink.on_upstream_data(event.data)  # type: ignore[union-attr]
+            elif etype is h11.Response:
+                self._on_head(event)  # type: ignore[arg-type]
+            elif etype is h11.EndOfMessage:
+                self._on_end()
+                return
+            elif etype is h11.InformationalResponse:
+                continue  # SPEC 8: 1xx from upstream are consumed, not forwarded
+            elif etype is h11.ConnectionClosed:
+                self._fail(UpstreamError("reset", "upstream closed the connection"))
+                return
+
+    def _on_head(self, response: h11.Response) -> None:
+        te = cl = False
+        for name, _ in response.headers:
+            if name == b"transfer-encoding":
+                te = True
+            elif name == b"content-length":
+                cl = True
+        if te and cl:
+            # RFC 9112 §6.3: both TE and CL is a smuggling vector; never forward it.
+            self._fail(UpstreamError("protocol", "upstream response has both Transfer-Encoding and Content-Length"))
+            return
+        waiter = self.head_waiter
+        if waiter is not None and not waiter.done():
+            # Hold further bytes until the relay decides what to do with this head.
+            if self.transport is not None and not self.closed:
+                self.transport.pause_reading()
+            waiter.set_result(response)
+
+    def _on_end(self) -> None:
+        sink = self.sink
+        self.sink = None
+        self.busy = False
+        self.streaming = False
+        self.head_waiter = None
+        self._cancel_timers()
+        reusable = self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE and not self.closed
+        if reusable:
+            self.h11.start_next_cycle()
+            self.pool.release(self)
+        else:
+            self.abort()
+        if sink is not None:
+            sink.on_upstream_end()
+
+    def _fail(self, err: UpstreamError) -> None:
+        busy = self.busy
+        self.busy = False
+        sink = self.sink
+        self.sink = None
+        waiter = self.head_waiter
+        self.head_waiter = None
+        self.abort()
+        if not busy:
+            return
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(err)
+        elif sink is not None:
+            sink.on_upstream_error(err)
+
+    def _silence_check(self) -> None:
+        # One timer per connection, re-armed lazily: no timer churn per chunk.
+        self.silence_timer = None
+        if not self.streaming or self.closed:
+            return
+        now = self.loop.time()
+        deadline = self.last_read + self.read_timeout
+        if self.reading_paused:
+            # The client is slow, not the upstream: silence does not count.
+            self.last_read = now
+            deadline = now + self.read_timeout
+        if now >= deadline:
+            self._fail(UpstreamError("timeout", f"upstream silent for {self.read_timeout:g} s"))
+            return
+        self.silence_timer = self.loop.call_at(deadline, self._silence_check)
+
+    def arm_idle_timer(self, idle_s: float) -> None:
+        self._cancel_idle_timer()
+        self.idle_timer = self.loop.call_later(idle_s, self._idle_expired)
+
+    def _idle_expired(self) -> None:
+        self.idle_timer = None
+        if not self.busy:
+            self.abort()
+
+    def _cancel_idle_timer(self) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+
+    def _cancel_timers(self) -> None:
+        if self.silence_timer is not None:
+            self.silence_timer.cancel()
+            self.silence_timer = None
+        self._cancel_idle_timer()
+
+    def abort(self) -> None:
+        """Close at once (RST-free abort of the transport); never pooled again."""
+        if not self.closed:
+            self.closed = True
+        self._cancel_timers()
+        self.pool.discard(self)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def detach(self) -> None:
+        """The client left or the relay gave up on this exchange: close, never reuse."""
+        self.sink = None
+        self.busy = False
+        if self.head_waiter is not None and not self.head_waiter.done():
+            self.head_waiter.cancel()
+        self.head_waiter = None
+        self.abort()
+
+    @property
+    def reusable(self) -> bool:
+        return (
+            not self.closed
+            and not self.busy
+            and self.transport is not None
+            and not self.transport.is_closing()
+            and self.h11.our_state is h11.IDLE
+            and self.h11.their_state is h11.IDLE
+        )

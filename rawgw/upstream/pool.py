@@ -1,0 +1,190 @@
+"""Keep-alive pools per upstream origin: connect (TCP, TLS, CONNECT proxy), reuse, reap.
+
+A connection goes back to the pool only when its exchange ended cleanly (both h11
+sides DONE); one the upstream closed or that turned readable while idle is
+dropped (httpcore's rule). The pool is bounded by the provider's
+``max_connections``; callers past the bound wait for a slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ssl
+import urllib.parse
+from collections import deque
+from dataclasses import dataclass
+
+from rawgw.upstream.connection import UpstreamConnection, UpstreamError
+
+_tls_context: ssl.SSLContext | None = None
+
+
+def tls_context() -> ssl.SSLContext:
+    """System trust store (honours SSL_CERT_FILE / SSL_CERT_DIR), hostname checks on."""
+    global _tls_context
+    if _tls_context is None:
+        ctx = ssl.create_default_context()
+        ctx.set_alpn_protocols(["http/1.1"])
+        _tls_context = ctx
+    return _tls_context
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    scheme: str
+    host: str
+    port: int
+    proxy: str = ""
+
+    @property
+    def authority(self) -> str:
+        default = 443 if self.scheme == "https" else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+class OriginPool:
+    """Idle connections (LIFO) and a connection count for one origin."""
+
+    def __init__(self, origin: Origin, max_connections: int, idle_s: float, max_header_bytes: int) -> None:
+        self.origin = origin
+        self.max_connections = max_connections
+        self.idle_s = idle_s
+        self.max_header_bytes = max_header_bytes
+        self.idle: deque[UpstreamConnection] = deque()
+        self.open: set[UpstreamConnection] = set()
+        self.waiters: deque[asyncio.Future[None]] = deque()
+        self.connecting = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.open) + self.connecting
+
+    async def acquire(self, connect_timeout: float) -> UpstreamConnection:
+        """An idle live connection, else a new one (waiting while at the bound)."""
+        while True:
+            while self.idle:
+                conn = self.idle.pop()
+                if conn.reusable:
+                    return conn
+                conn.abort()
+            if self.size < self.max_connections:
+                break
+            waiter = asyncio.get_running_loop().create_future()
+            self.waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, connect_timeout)
+            except asyncio.TimeoutError:
+                raise UpstreamError("connect", f"no free connection to {self.origin.authority} within {connect_timeout:g} s") from None
+            finally:
+                if waiter in self.waiters:
+                    self.waiters.remove(waiter)
+        self.connecting += 1
+        try:
+            conn = await asyncio.wait_for(self._connect(), connect_timeout)
+        except asyncio.TimeoutError:
+            raise UpstreamError("connect", f"connect to {self.origin.authority} timed out after {connect_timeout:g} s") from None
+        except ssl.SSLCertVerificationError as exc:
+            raise UpstreamError("tls", f"TLS certificate verification failed for {self.origin.host}: {exc.verify_message}") from None
+        except ssl.SSLError as exc:
+            raise UpstreamError("tls", f"TLS handshake with {self.origin.authority} failed: {exc.reason or exc}") from None
+        except UpstreamError:
+            raise
+        except OSError as exc:
+            raise UpstreamError("connect", f"cannot connect to {self.origin.authority}: {exc.strerror or exc}") from None
+        finally:
+            self.connecting -= 1
+            self._wake()
+        self.open.add(conn)
+        return conn
+
+    async def _connect(self) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        o = self.origin
+
+        def factory() -> UpstreamConnection:
+            return UpstreamConnection(self, self.max_header_bytes)
+
+        tls = tls_context() if o.scheme == "https" else None
+        if not o.proxy:
+            _, proto = await loop.create_connection(factory, o.host, o.port, ssl=tls, server_hostname=o.host if tls else None)
+            return proto
+        # Egress proxy: HTTP CONNECT, then TLS inside the tunnel.
+        p = urllib.parse.urlsplit(o.proxy)
+        reader, writer = await asyncio.open_connection(p.hostname, p.port or 80)
+        auth = b""
+        if p.username:
+            cred = f"{urllib.parse.unquote(p.username)}:{urllib.parse.unquote(p.password or '')}".encode()
+            auth = b"Proxy-Authorization: Basic " + base64.b64encode(cred) + b"\r\n"
+        target = f"{o.host}:{o.port}".encode()
+        writer.write(b"CONNECT " + target + b" HTTP/1.1\r\nHost: " + target + b"\r\n" + auth + b"\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        status_line = head.split(b"\r\n", 1)[0].split(b" ", 2)
+        if len(status_line) < 2 or status_line[1] != b"200":
+            writer.close()
+            raise UpstreamError("connect", f"egress proxy refused CONNECT to {o.authority}: {b' '.join(status_line[1:]).decode('latin-1')}")
+        transport = writer.transport
+        proto = factory()
+        if tls is not None:
+            new_transport = await loop.start_tls(transport, proto, tls, server_hostname=o.host)
+            assert new_transport is not None
+            transport.set_protocol(proto)
+            proto.connection_made(new_transport)
+        else:
+            transport.set_protocol(proto)
+            proto.connection_made(transport)
+        return proto
+
+    def release(self, conn: UpstreamConnection) -> None:
+        """Back to the pool after a clean exchange."""
+        if conn.reusable:
+            conn.arm_idle_timer(self.idle_s)
+            self.idle.append(conn)
+            self._wake()
+        else:
+            conn.abort()
+
+    def discard(self, conn: UpstreamConnection) -> None:
+        if conn in self.open:
+            self.open.discard(conn)
+            try:
+                self.idle.remove(conn)
+            except ValueError:
+                pass
+            self._wake()
+
+    def _wake(self) -> None:
+        while self.waiters:
+            w = self.waiters.popleft()
+            if not w.done():
+                w.set_result(None)
+                return
+
+    def close(self) -> None:
+        for conn in list(self.open):
+            conn.abort()
+
+
+class Pools:
+    """Every origin's pool, keyed by origin (scheme, host, port, proxy)."""
+
+    def __init__(self, max_header_bytes: int) -> None:
+        self.max_header_bytes = max_header_bytes
+        self.pools: dict[Origin, OriginPool] = {}
+
+    def get(self, origin: Origin, max_connections: int, idle_s: float) -> OriginPool:
+        pool = self.pools.get(origin)
+        if pool is None:
+            pool = self.pools[origin] = OriginPool(origin, max_connections, idle_s, self.max_header_bytes)
+        else:
+            pool.max_connections = max_connections
+            pool.idle_s = idle_s
+        return pool
+
+    def stats(self) -> dict[str, tuple[int, int]]:
+        return {o.authority: (len(p.open), len(p.idle)) for o, p in self.pools.items()}
+
+    def close(self) -> None:
+        for pool in self.pools.values():
+            pool.close()
