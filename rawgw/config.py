@@ -27,6 +27,7 @@ __all__ = [
     "ENV_PREFIX",
     "KEY_STRATEGIES",
     "PROVIDER_TYPES",
+    "RESERVED_PROVIDER_NAMES",
     "CacheConfig",
     "Config",
     "ConfigError",
@@ -223,9 +224,7 @@ def load_config(path: str, env: Mapping[str, str] | None = None) -> Config:
     return parse_config(data, env, path)
 
 
-def parse_config(
-    data: dict[str, Any], env: Mapping[str, str] | None = None, path: str | None = None
-) -> Config:
+def parse_config(data: dict[str, Any], env: Mapping[str, str] | None = None, path: str | None = None) -> Config:
     """Validate an already-parsed TOML document and build the frozen :class:`Config`.
 
     ``path`` names the file the data came from; when given, its permissions are
@@ -262,7 +261,7 @@ _CREDENTIAL: Final = re.compile(r"[\x21-\x7e]+")
 _HOST: Final = re.compile(r"[A-Za-z0-9._-]+|[0-9A-Fa-f:.]+")
 # The gateway serves these first path segments itself (SPEC §4), so a provider of that
 # name could never be reached through /{provider}/{rest}.
-_RESERVED_PROVIDER_NAMES: Final = frozenset({"v1", "api", "chat", "health", "metrics", "dashboard"})
+RESERVED_PROVIDER_NAMES: Final = frozenset({"v1", "api", "chat", "health", "metrics", "dashboard"})
 # Framing, hop-by-hop and credential headers belong to the gateway, never to config.
 _FORBIDDEN_HEADERS: Final = frozenset(
     {
@@ -310,6 +309,9 @@ class _Parser:
         self.warnings: list[str] = []
         self.from_env: set[str] = set()  # paths whose value came from env:NAME
         self.literal_secrets: list[str] = []
+        # Every [providers.NAME] written, valid or not: a reference to a provider that has
+        # its own error is not a second error.
+        self.declared_providers: list[str] = []
 
     # ---------------------------------------------------------------- plumbing
 
@@ -449,11 +451,12 @@ class _Parser:
             self.error("providers", "must be a table of providers ([providers.NAME])")
             return {}
         out: dict[str, Provider] = {}
+        self.declared_providers = list(raw)
         for name, body in raw.items():
             path = f"providers.{name}"
             if not _PROVIDER_NAME.fullmatch(name):
                 self.error(path, "name must be letters, digits, '_', '.', '-' (it is used in URL paths)")
-            elif name in _RESERVED_PROVIDER_NAMES:
+            elif name in RESERVED_PROVIDER_NAMES:
                 self.error(path, f"name clashes with the gateway's own path /{name}/; choose another")
             if not isinstance(body, dict):
                 self.error(path, f"must be a table ([{path}])")
@@ -638,7 +641,7 @@ class _Parser:
                 if key in values:
                     self.error(f"{path}.key", f"same key as {values[key]}; each gateway key must be unique")
                 values.setdefault(key, path)
-            pinned = self.provider_refs(t, "providers", providers)
+            pinned = self.provider_refs(t, "providers")
             gk = GatewayKey(
                 key=key or "",
                 name=name,
@@ -650,13 +653,13 @@ class _Parser:
             out.append(gk)
         return tuple(out)
 
-    def provider_refs(self, t: _Table, field: str, providers: Mapping[str, Provider]) -> tuple[str, ...]:
+    def provider_refs(self, t: _Table, field: str) -> tuple[str, ...]:
         names = t.get_str_list(field, ())
         for i, name in enumerate(names):
-            if name not in providers:
+            if name not in self.declared_providers:
                 self.error(
                     f"{t.path}.{field}[{i}]",
-                    f"unknown provider '{name}'" + _did_you_mean(name, providers),
+                    f"unknown provider '{name}'" + _did_you_mean(name, self.declared_providers),
                 )
         return names
 
@@ -670,7 +673,7 @@ class _Parser:
             route = Route(
                 match=match,
                 model=model or None,
-                providers=self.provider_refs(t, "providers", providers),
+                providers=self.provider_refs(t, "providers"),
                 provider_order=t.get_str_list("provider_order", ()),
                 force_provider_order=t.get_bool("force_provider_order", False),
             )
@@ -678,16 +681,12 @@ class _Parser:
             out.append(route)
         return tuple(out)
 
-    def check_route(
-        self, route: Route, index: int, earlier: list[Route], providers: Mapping[str, Provider]
-    ) -> None:
+    def check_route(self, route: Route, index: int, earlier: list[Route], providers: Mapping[str, Provider]) -> None:
         """Warnings for routes that parse but cannot do what their author meant."""
         path = f"routes[{index}]"
         literal = not any(c in route.match for c in "*?[")
         for j, prev in enumerate(earlier):
-            if prev.match and (
-                prev.match in (route.match, "*") or (literal and fnmatchcase(route.match, prev.match))
-            ):
+            if prev.match and (prev.match in (route.match, "*") or (literal and fnmatchcase(route.match, prev.match))):
                 self.warn(f"{path}.match", f"never reached: routes[{j}] (match '{prev.match}') matches first")
                 break
         if route.provider_order and providers:

@@ -26,6 +26,7 @@ from rawgw.config import (
     DEFAULT_BASE_URLS,
     ENV_PREFIX,
     PROVIDER_TYPES,
+    RESERVED_PROVIDER_NAMES,
     Config,
     ConfigError,
     find_config_path,
@@ -108,7 +109,10 @@ def summarize(config: Config) -> list[str]:
         f"(keep {log.chat_file_limit}), errors {_onoff(log.errors)}"
     )
     cache = config.cache
-    lines.append(f"cache: {_onoff(cache.enabled)}" + (f" (ttl {cache.ttl_s:g} s, {cache.max_entries} entries)" if cache.enabled else ""))
+    lines.append(
+        f"cache: {_onoff(cache.enabled)}"
+        + (f" (ttl {cache.ttl_s:g} s, {cache.max_entries} entries)" if cache.enabled else "")
+    )
     lines.append(f"metrics: {_onoff(config.metrics.enabled)}")
     if config.warnings:
         lines.append(f"warnings ({len(config.warnings)}):")
@@ -373,27 +377,22 @@ def _import_file(path: str, merge: _Merge) -> str:
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        doc = None
-        is_json = False
-    else:
-        is_json = True
-    if is_json:
-        if isinstance(doc, list):
-            return _import_provider_mapping(doc, merge)
-        if isinstance(doc, dict) and "virtual_keys" in doc:
-            return _import_virtual_keys(doc["virtual_keys"], merge)
-        if isinstance(doc, dict) and doc and all(_is_router_list(v) for v in doc.values()):
-            return _import_priority_router(doc, merge)
-        raise ImportFailed(
-            "JSON of an unknown shape; expected an OpenRouter provider mapping "
-            '([{"model", "providers"}]), virtual keys ({"virtual_keys": {...}}) or a priority '
-            'router ({"openai": [{"api_key", ...}]})'
-        )
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ImportFailed("not JSON and not a UTF-8 .env file") from None
-    return _import_dotenv(text, merge)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ImportFailed("not JSON and not a UTF-8 .env file") from None
+        return _import_dotenv(text, merge)
+    if isinstance(doc, list):
+        return _import_provider_mapping(doc, merge)
+    if isinstance(doc, dict) and "virtual_keys" in doc:
+        return _import_virtual_keys(doc["virtual_keys"], merge)
+    if isinstance(doc, dict) and doc and all(_is_router_list(v) for v in doc.values()):
+        return _import_priority_router(doc, merge)
+    raise ImportFailed(
+        "JSON of an unknown shape; expected an OpenRouter provider mapping "
+        '([{"model", "providers"}]), virtual keys ({"virtual_keys": {...}}) or a priority '
+        'router ({"openai": [{"api_key", ...}]})'
+    )
 
 
 def _is_router_list(value: Any) -> bool:
@@ -577,7 +576,10 @@ def _import_dotenv(text: str, merge: _Merge) -> str:
         names = {k["name"] for k in merge.keys}
         key_name = "default" if "default" not in names else f"default_{len(merge.keys) + 1}"
         merge.keys.append(
-            {"key": merge.secret(env["GATEWAY_API_KEY"], "GATEWAY_API_KEY", "the gateway key clients send"), "name": key_name}
+            {
+                "key": merge.secret(env["GATEWAY_API_KEY"], "GATEWAY_API_KEY", "the gateway key clients send"),
+                "name": key_name,
+            }
         )
         parts.append("gateway key")
     if "LOG_CHAT_ENABLED" in env:
@@ -603,7 +605,7 @@ def _provider_name_from_url(url: str) -> str:
         host = ""
     labels = [label for label in host.split(".") if label not in ("api", "www")]
     candidate = labels[0] if labels else ""
-    if not re.fullmatch(r"[a-z][a-z0-9_-]*", candidate) or candidate in {"v1", "api", "chat", "health", "metrics", "dashboard"}:
+    if not re.fullmatch(r"[a-z][a-z0-9_-]*", candidate) or candidate in RESERVED_PROVIDER_NAMES:
         return "upstream"
     return candidate
 

@@ -17,6 +17,7 @@ import h11
 
 from rawgw.errors import REASONS, GatewayError
 from rawgw.http.date import http_date
+from rawgw.http.strict import head_violation
 
 if TYPE_CHECKING:
     from rawgw.config import ServerConfig
@@ -78,6 +79,7 @@ class ClientConnection(asyncio.Protocol):
         self.in_flight = False  # a request head was received and not fully answered
         self.pipelined = 0
         self.body_seen = 0
+        self.head_buf: bytearray | None = bytearray()  # raw head while awaiting one
         self.peer = ""
 
     # ---- asyncio.Protocol -------------------------------------------------
@@ -92,6 +94,8 @@ class ClientConnection(asyncio.Protocol):
         self._arm_header_timer()
 
     def data_received(self, data: bytes) -> None:
+        if self.head_buf is not None and not self._scan_head(data):
+            return
         if self.in_flight and self.request_done:
             # Pipelined bytes while we answer: keep reading (a FIN must still be
             # seen) but stop once the backlog is large.
@@ -102,6 +106,29 @@ class ClientConnection(asyncio.Protocol):
             self._arm_header_timer()
         self.h11.receive_data(data)
         self._process()
+
+    def _scan_head(self, data: bytes | bytearray) -> bool:
+        """Check the raw bytes of a request head h11 would accept too leniently."""
+        buf = self.head_buf
+        assert buf is not None
+        if buf or self.h11.their_state is h11.IDLE:
+            scanned = len(buf)
+            buf += data
+            end = buf.find(b"\r\n\r\n", max(0, scanned - 3))
+            head = buf if end < 0 else buf[: end + 4]
+            problem = head_violation(head, scanned)
+            if problem is not None:
+                self.head_buf = None
+                self._write_error_and_close(400, f"malformed request: {problem}")
+                return False
+            if len(head) > self.config.max_header_bytes:
+                # h11 bounds only incomplete heads; one that arrived whole passes it.
+                self.head_buf = None
+                self._write_error_and_close(431, f"request head exceeds {self.config.max_header_bytes} bytes")
+                return False
+            if end >= 0:
+                self.head_buf = None
+        return True
 
     def eof_received(self) -> bool:
         # SPEC 6: a FIN before the response is complete counts as disconnecting.
@@ -207,6 +234,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _protocol_error(self, exc: h11.RemoteProtocolError) -> None:
         status = exc.error_status_hint
+        if status == 501 and "multiple" in str(exc):
+            status = 400  # TE.TE smuggling: not an unknown coding, a refused duplicate
         if self.in_flight and self.response_started:
             self.close()
             return
@@ -219,9 +248,10 @@ class ClientConnection(asyncio.Protocol):
         if status == 431:
             msg = f"request head exceeds {self.config.max_header_bytes} bytes"
         elif status == 501:
-            msg = f"unsupported transfer coding: {exc}"
+            msg = "unsupported transfer coding: only chunked is supported"
         else:
-            msg = f"malformed request: {exc}"
+            # The reason only: h11's message may quote header bytes (credentials).
+            msg = f"malformed request: {str(exc).split(':')[0]}"
         self._write_error_and_close(status, msg)
 
     # ---- timers -------------------------------------------------------------
@@ -366,6 +396,7 @@ class ClientConnection(asyncio.Protocol):
             self.close()
             return
         self.h11.start_next_cycle()
+        self.head_buf = bytearray()
         self.in_flight = False
         self.sink = None
         if self.reading_paused:
@@ -375,8 +406,12 @@ class ClientConnection(asyncio.Protocol):
         self.loop.call_soon(self._process_pipelined)
 
     def _process_pipelined(self) -> None:
-        if not self.closed and not self.in_flight:
-            self._process()
+        if self.closed or self.in_flight:
+            return
+        pending = self.h11.trailing_data[0]
+        if pending and not self._scan_head(pending):
+            return
+        self._process()
 
     def _client_gone(self) -> None:
         sink = self.sink

@@ -44,6 +44,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool = pool
         self.loop = asyncio.get_running_loop()
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_header_bytes)
+        self.max_header_bytes = max_header_bytes
         self.transport: asyncio.Transport | None = None
         self.head_waiter: asyncio.Future[h11.Response] | None = None
         self.sink: BodySink | None = None
@@ -169,7 +170,8 @@ class UpstreamConnection(asyncio.Protocol):
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
-                self._fail(UpstreamError("protocol", f"malformed upstream response: {exc}"))
+                # The reason only: h11's message quotes the bytes, which must not be echoed.
+                self._fail(UpstreamError("protocol", f"malformed upstream response: {str(exc).split(':')[0]}"))
                 return
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return
@@ -190,7 +192,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _on_head(self, response: h11.Response) -> None:
         te = cl = False
-        for name, _ in response.headers:
+        size = 15 + len(response.reason)
+        for name, value in response.headers:
+            size += len(name) + len(value) + 4
             if name == b"transfer-encoding":
                 te = True
             elif name == b"content-length":
@@ -198,6 +202,10 @@ class UpstreamConnection(asyncio.Protocol):
         if te and cl:
             # RFC 9112 §6.3: both TE and CL is a smuggling vector; never forward it.
             self._fail(UpstreamError("protocol", "upstream response has both Transfer-Encoding and Content-Length"))
+            return
+        if size > self.max_header_bytes:
+            # h11 only bounds incomplete heads; a complete one in one read passes.
+            self._fail(UpstreamError("protocol", f"upstream response head exceeds {self.max_header_bytes} bytes"))
             return
         waiter = self.head_waiter
         if waiter is not None and not waiter.done():

@@ -1,0 +1,149 @@
+"""Helpers for the routing tests (issue 3): several MockUpstreams as providers, configs
+built from them, one-shot client requests, and readers for what the gateway reports.
+
+Import the ``ups`` fixture into a test module (``from routing_helpers import ups``) to
+get three started MockUpstreams, closed after the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from typing import Any
+
+import pytest
+
+from conftest import GW_KEY, Gateway, Response, chat_request, free_port, raw_connection
+from mock_upstream import Json, MockUpstream, RecordedRequest
+
+# Provider keys: long enough to be masked, distinct in their last 4 characters.
+KEY_A = "sk-prov-key-alpha-0000aaaa"
+KEY_B = "sk-prov-key-bravo-1111bbbb"
+KEY_C = "sk-prov-key-charl-2222cccc"
+
+OK_BODY = {"id": "chatcmpl-x", "object": "chat.completion", "choices": []}
+
+
+@pytest.fixture
+async def ups() -> AsyncIterator[list[MockUpstream]]:
+    """Three MockUpstreams; each answers by default ``{"who": "upN"}`` (N = 0, 1, 2)."""
+    mocks = [await MockUpstream.start() for _ in range(3)]
+    for i, m in enumerate(mocks):
+        m.default = Json(body={"who": f"up{i}"})
+    try:
+        yield mocks
+    finally:
+        for m in mocks:
+            await m.close()
+
+
+def dead_url(base_path: str = "/v1") -> str:
+    """A base URL on a loopback port nothing listens on (connect refused)."""
+    return f"http://127.0.0.1:{free_port()}{base_path}"
+
+
+def prov(
+    target: MockUpstream | str,
+    *,
+    type: str = "openai",
+    keys: Sequence[str] = (KEY_A,),
+    base_path: str | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
+    """One ``[providers.NAME]`` table pointing at ``target`` (a mock, or a base URL)."""
+    if base_path is None:
+        base_path = "" if type == "anthropic" else "/v1"
+    base_url = target.url(base_path) if isinstance(target, MockUpstream) else target
+    out: dict[str, Any] = {"type": type, "base_url": base_url, "keys": list(keys)}
+    out.update(fields)
+    return out
+
+
+def cfg(
+    providers: Mapping[str, Mapping[str, Any]],
+    routes: Sequence[Mapping[str, Any]] = (),
+    *,
+    keys: Sequence[Mapping[str, Any]] | None = None,
+    server: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "server": {"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 1, **(server or {})},
+        "keys": list(keys) if keys is not None else [{"key": GW_KEY, "name": "tester"}],
+        "providers": {k: dict(v) for k, v in providers.items()},
+        "logging": {"dir": "logs"},
+    }
+    if routes:
+        out["routes"] = [dict(r) for r in routes]
+    return out
+
+
+def chat(model: str, **fields: Any) -> bytes:
+    """A compact chat body (json.dumps default separators, so ", " and ": ")."""
+    doc: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+    doc.update(fields)
+    return json.dumps(doc).encode()
+
+
+async def call(
+    gw: Gateway,
+    body: bytes | None = None,
+    *,
+    path: str = "/v1/chat/completions",
+    method: str = "POST",
+    headers: Iterable[tuple[str, str]] = (),
+    key: str | None = GW_KEY,
+    auth: str = "bearer",
+    timeout: float = 5.0,
+) -> Response:
+    """One request on a fresh connection; the complete response."""
+    data = chat_request(body, path=path, method=method, headers=headers, key=key, auth=auth)
+    async with await raw_connection(gw.port, timeout) as c:
+        await c.send(data)
+        return await c.read_response(timeout, request_method=method)
+
+
+async def get_json(gw: Gateway, path: str, headers: Iterable[tuple[str, str]] = ()) -> Any:
+    r = await call(gw, b"", path=path, method="GET", headers=headers)
+    assert r.status == 200, (r.status, r.body[:300])
+    return r.json()
+
+
+def auth_of(req: RecordedRequest) -> str | None:
+    v = req.header("authorization")
+    return None if v is None else v.decode("latin-1")
+
+
+def bearer_key(req: RecordedRequest) -> str:
+    v = auth_of(req)
+    assert v is not None and v.startswith("Bearer "), v
+    return v.removeprefix("Bearer ")
+
+
+def routed_by(r: Response) -> tuple[str | None, str | None]:
+    """(X-Rawgw-Provider, X-Rawgw-Attempts) of a response."""
+    return r.header("x-rawgw-provider"), r.header("x-rawgw-attempts")
+
+
+async def health_keys(gw: Gateway, provider: str) -> list[dict[str, Any]]:
+    """The key entries ``/health/providers`` shows for ``provider`` (in pool order)."""
+    doc = await get_json(gw, "/health/providers")
+    providers = doc.get("providers", doc)
+    entry = providers[provider]
+    keys = entry["keys"] if isinstance(entry, dict) else entry
+    assert isinstance(keys, list), doc
+    return keys
+
+
+async def settle(seconds: float = 0.15) -> None:
+    """Give a gateway time to (wrongly) contact an upstream before asserting it did not."""
+    await asyncio.sleep(seconds)
+
+
+def typed(value: Any) -> Any:
+    """A JSON value with its Python types made part of equality (1 != 1.0 != True)."""
+    if isinstance(value, dict):
+        return ("obj", [(k, typed(v)) for k, v in value.items()])
+    if isinstance(value, list):
+        return ("arr", [typed(v) for v in value])
+    return (type(value).__name__, value)
