@@ -18,18 +18,21 @@ import h11
 import orjson
 
 from rawgw import __version__
+from rawgw.cache import ResponseCache
 from rawgw.config import Config, GatewayKey, Provider
-from rawgw.errors import GatewayError
-from rawgw.http.headers import get_header
+from rawgw.errors import GatewayError, retry_after_header
+from rawgw.http.headers import RESPONSE_DROP, filter_headers, get_header
 from rawgw.observe.recorder import Recorder
 from rawgw.relay import Exchange
 from rawgw.routing.auth import authenticate, presented_key
+from rawgw.routing.ratelimit import RateLimiter
 from rawgw.routing.router import Endpoint, Router
 from rawgw.server.connection import ClientConnection
 from rawgw.upstream.pool import Origin, OriginPool, Pools
 
 if TYPE_CHECKING:
     from rawgw.local import LocalEndpoints
+    from rawgw.routing.router import Plan
 
 log = logging.getLogger("rawgw")
 
@@ -58,8 +61,11 @@ def new_request_id() -> bytes:
 class Gateway:
     """Request dispatch plus the state shared by every connection of one process."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, workers: int = 1) -> None:
         self.loop = asyncio.get_running_loop()
+        self.workers = workers
+        self.limiter = RateLimiter(workers)
+        self.cache: ResponseCache | None = None
         self.clients: set[ClientConnection] = set()
         self.pools = Pools(config.server.max_header_bytes)
         self.router = Router(config)
@@ -86,6 +92,12 @@ class Gateway:
         self._origins: dict[str, Origin] = {
             name: Origin(p.scheme, p.host, p.port, p.proxy) for name, p in config.providers.items()
         }
+        self.chat_logging = config.logging.chat
+        c = config.cache
+        if not c.enabled:
+            self.cache = None
+        elif self.cache is None or (self.cache.ttl_s, self.cache.max_entries) != (c.ttl_s, c.max_entries):
+            self.cache = ResponseCache(c.ttl_s, c.max_entries)
 
     def reload(self, config: Config) -> None:
         """SIGHUP: new routing and limits; cooldowns carried over by key value."""
@@ -131,14 +143,27 @@ class Gateway:
                 msg = "missing gateway key: send Authorization: Bearer <key> or x-api-key" if presented is None else "invalid gateway key"
                 self._reject(client, request, GatewayError(401, msg), request_id, t0)
                 return
+        extra: list[Header] = []
+        if key is not None and key.rate_limit_rpm > 0:
+            wait, extra = self.limiter.check(key)
+            if wait > 0:
+                self.recorder.metrics.rate_limited[key.name] += 1
+                err = GatewayError(
+                    429,
+                    f"rate limit of key '{key.name}' exceeded ({key.rate_limit_rpm} requests per minute)",
+                    headers=[retry_after_header(wait)],
+                    kind="rate_limited",
+                )
+                self._reject(client, request, err, request_id, t0, key, extra)
+                return
         if endpoint.kind == "local":
-            self.local.handle(client, request, endpoint, key, request_id, t0)
+            self.local.handle(client, request, endpoint, key, request_id, t0, extra)
             return
         if endpoint.kind == "unknown":
             self._reject(client, request, GatewayError(404, f"unknown path {endpoint.path}", code="unknown_path"), request_id, t0)
             return
         if endpoint.kind == "models" and method in (b"GET", b"HEAD"):
-            self.local.models(client, request, endpoint, key, request_id, t0)
+            self.local.models(client, request, endpoint, key, request_id, t0, extra)
             return
         if endpoint.kind == "routed":
             if method != b"POST":
@@ -158,19 +183,73 @@ class Gateway:
             if value > 0:
                 timeout = min(timeout, value)
         ex = Exchange(self, client, request, endpoint, key, request_id, t0, timeout)
+        ex.extra_headers = extra
         client.sink = ex
         client.send_continue()
         ex.task = self.loop.create_task(ex.run())
 
-    def _reject(self, client: ClientConnection, request: h11.Request, err: GatewayError, request_id: bytes, t0: float) -> None:
-        ex = Exchange(self, client, request, Endpoint("unknown", request.target.decode("latin-1")), None, request_id, t0, 0.0)
+    def _reject(
+        self,
+        client: ClientConnection,
+        request: h11.Request,
+        err: GatewayError,
+        request_id: bytes,
+        t0: float,
+        key: GatewayKey | None = None,
+        extra: list[Header] | None = None,
+    ) -> None:
+        path = request.target.decode("latin-1").partition("?")[0]
+        ex = Exchange(self, client, request, Endpoint("unknown", path), key, request_id, t0, 0.0)
+        ex.extra_headers = extra or []
         ex.fail(err)
+
+    # ---- response cache (non-streaming chat completions) --------------------
+
+    def cache_lookup(self, ex: Exchange, plan: Plan) -> bool:
+        """Answer from the cache (True) or arrange for the answer to be stored."""
+        cache = self.cache
+        if cache is None or plan.endpoint.rest != "chat/completions" or plan.stream or plan.parsed is None:
+            return False
+        scope = ex.key.name if ex.key is not None else ""
+        try:
+            key = cache.key(scope, plan.upstream_model, plan.parsed, plan.endpoint.rest)
+        except TypeError:  # integers beyond 64 bits: not cacheable, still served
+            return False
+        cc = get_header(ex.request.headers, b"cache-control")
+        bypass = cc is not None and b"no-cache" in cc.lower()
+        entry = None if bypass else cache.get(key)
+        if entry is None:
+            self.recorder.metrics.cache["miss"] += 1
+            ex.cache_key = key
+            ex.cache_status = b"MISS"
+            if ex.collected is None:
+                ex.collected = []
+            return False
+        self.recorder.metrics.cache["hit"] += 1
+        ex.cache_status = b"HIT"
+        ex.provider = entry.provider
+        ex.status = entry.status
+        ex.bytes_out = len(entry.body)
+        headers = list(entry.headers)
+        headers.extend(self.response_extras(ex, routed=True))
+        ex.client.send_response(entry.status, headers, entry.body)
+        ex._finish("ok")
+        return True
+
+    def cache_store(self, ex: Exchange, body: bytes) -> None:
+        if self.cache is not None and ex.cache_key is not None:
+            headers = filter_headers(ex.response_headers, RESPONSE_DROP)
+            self.cache.put(ex.cache_key, ex.status, headers, body, ex.provider)
 
     # ---- headers added to every response ------------------------------------
 
     def response_extras(self, ex: Exchange, routed: bool) -> list[Header]:
         now = perf_counter()
         out: list[Header] = [(b"x-request-id", ex.request_id)]
+        if ex.extra_headers:
+            out.extend(ex.extra_headers)
+        if ex.cache_status is not None:
+            out.append((b"x-cache", ex.cache_status))
         if routed:
             if ex.provider:
                 out.append((b"x-rawgw-provider", ex.provider.encode()))

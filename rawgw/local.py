@@ -41,8 +41,18 @@ class LocalEndpoints:
         client.send_response(status, headers, body)
         ex._finish("ok")
 
-    def handle(self, client: ClientConnection, request: h11.Request, endpoint: Endpoint, key: GatewayKey | None, request_id: bytes, t0: float) -> None:
+    def handle(
+        self,
+        client: ClientConnection,
+        request: h11.Request,
+        endpoint: Endpoint,
+        key: GatewayKey | None,
+        request_id: bytes,
+        t0: float,
+        extra: list[tuple[bytes, bytes]],
+    ) -> None:
         ex = Exchange(self.gw, client, request, endpoint, key, request_id, t0, 0.0)
+        ex.extra_headers = extra
         if request.method not in (b"GET", b"HEAD"):
             ex.fail(GatewayError(405, f"{endpoint.path} accepts GET only", headers=[(b"allow", b"GET, HEAD")]))
             return
@@ -92,8 +102,18 @@ class LocalEndpoints:
 
     # ---- /v1/models ----------------------------------------------------------
 
-    def models(self, client: ClientConnection, request: h11.Request, endpoint: Endpoint, key: GatewayKey | None, request_id: bytes, t0: float) -> None:
+    def models(
+        self,
+        client: ClientConnection,
+        request: h11.Request,
+        endpoint: Endpoint,
+        key: GatewayKey | None,
+        request_id: bytes,
+        t0: float,
+        extra: list[tuple[bytes, bytes]],
+    ) -> None:
         ex = Exchange(self.gw, client, request, endpoint, key, request_id, t0, 0.0)
+        ex.extra_headers = extra
         client.sink = ex
         ex.task = asyncio.get_running_loop().create_task(self._models(ex))
 

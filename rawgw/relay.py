@@ -19,7 +19,9 @@ import h11
 
 from rawgw.errors import GatewayError
 from rawgw.http.headers import REQUEST_DROP, RESPONSE_DROP, filter_headers, get_header
+from rawgw.observe.usage import extract_usage
 from rawgw.upstream.connection import UpstreamConnection, UpstreamError
+from rawgw.upstream.fetch import BodyCollector
 
 if TYPE_CHECKING:
     from rawgw.app import Gateway
@@ -35,6 +37,13 @@ Header = tuple[bytes, bytes]
 # SPEC 5.3: outcomes that move on to the next key/provider before any byte reached the client.
 RETRYABLE = frozenset({429, 500, 502, 503, 504, 529})
 KEY_DISABLING = frozenset({401, 403})
+
+# A failed-over answer is kept (to return if nothing better comes) up to this size.
+MAX_SAVED_ERROR_BYTES = 256 * 1024
+ERROR_BODY_WAIT_S = 5.0
+
+# Bound on a response body kept for the cache or a chat log.
+MAX_COLLECT_BYTES = 16 * 1024 * 1024
 
 
 class Exchange:
@@ -73,6 +82,17 @@ class Exchange:
         "response_headers",
         "connect_s",
         "overhead_s",
+        "first_piece",
+        "tail1",
+        "tail2",
+        "tail3",
+        "collected",
+        "collected_size",
+        "cache_key",
+        "cache_status",
+        "extra_headers",
+        "usage",
+        "request_body",
     )
 
     def __init__(
@@ -118,6 +138,15 @@ class Exchange:
         self.response_headers: list[Header] = []
         self.connect_s = 0.0
         self.overhead_s: float | None = None
+        # references to body pieces (no copies) for usage accounting at the end
+        self.first_piece = self.tail1 = self.tail2 = self.tail3 = b""
+        self.collected: list[bytes] | None = None  # whole body, only for cache/chat log
+        self.collected_size = 0
+        self.cache_key: bytes | None = None
+        self.cache_status: bytes | None = None
+        self.extra_headers: list[Header] = []
+        self.usage: tuple[int, int] | None = None
+        self.request_body = b""
 
     # ---- client leg (server.connection.Sink) --------------------------------
 
@@ -160,11 +189,38 @@ class Exchange:
     def on_upstream_data(self, data: bytes) -> None:
         self.bytes_out += len(data)
         self.client.send_body(data)
+        if not self.first_piece:
+            self.first_piece = data
+        else:
+            self.tail1, self.tail2, self.tail3 = self.tail2, self.tail3, data
+        collected = self.collected
+        if collected is not None:
+            self.collected_size += len(data)
+            if self.collected_size <= MAX_COLLECT_BYTES:
+                collected.append(data)
+            else:
+                self.collected = None
 
     def on_upstream_end(self) -> None:
         self.upstream = None
         self.client.send_end()
+        self.usage = self._usage()
+        if self.cache_key is not None and self.collected is not None:
+            self.gw.cache_store(self, b"".join(self.collected))
         self._finish("ok")
+
+    def _usage(self) -> tuple[int, int] | None:
+        """Tokens from the end of the body (and the first piece, for Anthropic's input)."""
+        tail = self.tail1 + self.tail2 + self.tail3
+        found = extract_usage(tail) if tail else None
+        if self.first_piece and (found is None or found[0] == 0):
+            head = extract_usage(self.first_piece + tail if len(self.first_piece) < 65536 else self.first_piece)
+            if head is not None:
+                found = (head[0], found[1] if found else head[1])
+        return found
+
+    def response_body(self) -> bytes | None:
+        return b"".join(self.collected) if self.collected is not None else None
 
     def on_upstream_error(self, err: UpstreamError) -> None:
         # SPEC 6 / issue 2: truncate visibly — no terminating chunk, no short body
@@ -204,7 +260,13 @@ class Exchange:
         self.client_model = plan.client_model
         self.upstream_model = plan.upstream_model
         self.stream = plan.stream
+        self.request_body = body
+        if gw.cache_lookup(self, plan):
+            return
+        if gw.chat_logging and buffered:
+            self.collected = []
         last_error: UpstreamError | None = None
+        last_response: tuple[h11.Response, bytes, Provider] | None = None
         attempts = router.attempts(plan)
         pair = next(attempts, None)
         while pair is not None:
@@ -249,18 +311,46 @@ class Exchange:
             if status in RETRYABLE or status in KEY_DISABLING:
                 following = next(attempts, None)
                 if following is not None:
-                    conn.detach()
-                    self.upstream = self.upload = None
                     gw.note_upstream_failure(self, provider, UpstreamError("status", f"upstream '{provider.name}' answered {status}"))
+                    # Keep this answer: if every later attempt fails to answer at
+                    # all, the client gets it as it was (SPEC 5.3).
+                    body = await self._read_error_body(conn)
+                    self.upstream = self.upload = None
+                    if body is not None:
+                        last_response = (head, body, provider)
                     pair = following
                     continue
             self._start_response(head, conn, provider)
+            return
+        if last_response is not None:
+            self._send_saved(*last_response)
             return
         if last_error is None:
             raise GatewayError(502, "no upstream attempt could be made")
         if last_error.kind == "timeout":
             raise GatewayError(504, last_error.message, kind="timeout")
         raise GatewayError(502, last_error.message)
+
+    async def _read_error_body(self, conn: UpstreamConnection) -> bytes | None:
+        """The (small) body of a response we fail over from; None when too big or slow."""
+        collector = BodyCollector(MAX_SAVED_ERROR_BYTES)
+        conn.stream_to(collector)
+        try:
+            return await asyncio.wait_for(collector.done, max(0.0, min(ERROR_BODY_WAIT_S, self.deadline - perf_counter())))
+        except (asyncio.TimeoutError, UpstreamError):
+            conn.detach()
+            return None
+
+    def _send_saved(self, head: h11.Response, body: bytes, provider: Provider) -> None:
+        """Answer with an upstream response read earlier in the chain, unchanged."""
+        self.provider = provider.name
+        self.status = head.status_code
+        self.response_headers = list(head.headers)
+        headers = filter_headers(self.response_headers, RESPONSE_DROP)
+        headers.extend(self.gw.response_extras(self, routed=True))
+        self.bytes_out = len(body)
+        self.client.send_response(head.status_code, headers, body)
+        self._finish("upstream_error")
 
     def _deadline_error(self) -> GatewayError:
         return GatewayError(504, "request timed out before any upstream answered", kind="timeout")

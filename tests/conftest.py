@@ -40,7 +40,14 @@ import ssl
 import struct
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +57,7 @@ import trustme
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mock_upstream import MockUpstream  # noqa: E402
+from mock_upstream import MockUpstream
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GW_KEY = "gw-test-key-123456"
@@ -177,13 +184,13 @@ class Gateway:
                 pass
             try:
                 await asyncio.wait_for(self.proc.wait(), STOP_TIMEOUT)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.proc.kill()
                 await self.proc.wait()
         if self._stdout_task is not None:
             try:
                 await asyncio.wait_for(self._stdout_task, 2)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
+            except (TimeoutError, asyncio.CancelledError):
                 self._stdout_task.cancel()
         assert self.proc.returncode is not None
         return self.proc.returncode
@@ -246,7 +253,7 @@ async def _launch(
             pytest.fail(f"gateway did not print its listening line in time;\nstderr:\n{gw.stderr_text()}")
         try:
             line_b = await asyncio.wait_for(stdout.readline(), remaining)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             continue
         if not line_b:
             rc = await gw.stop()
@@ -580,7 +587,7 @@ class RawConn:
         while marker not in self.received[self._consumed :]:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise asyncio.TimeoutError(f"{marker!r} not received: {bytes(self.received)!r}")
+                raise TimeoutError(f"{marker!r} not received: {bytes(self.received)!r}")
             if not await self._read_more(remaining):
                 raise EOFError(f"closed before {marker!r}: {bytes(self.received)!r}")
         return bytes(self.received[self._consumed :])
@@ -592,7 +599,7 @@ class RawConn:
         while not self.eof:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise asyncio.TimeoutError(f"connection not closed; got {bytes(self.received)!r}")
+                raise TimeoutError(f"connection not closed; got {bytes(self.received)!r}")
             await self._read_more(remaining)
         return bytes(self.received[self._consumed :])
 
@@ -620,7 +627,7 @@ class RawConn:
                 raise EOFError(f"connection closed before a response head: {data!r}")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise asyncio.TimeoutError(f"no complete response; got {data!r}")
+                raise TimeoutError(f"no complete response; got {data!r}")
             await self._read_more(remaining)
 
     async def request(self, data: bytes, timeout: float | None = None) -> Response:

@@ -323,7 +323,7 @@ class MockUpstream:
         if self._server is not None:
             try:
                 await asyncio.wait_for(self._server.wait_closed(), 2)
-            except (asyncio.TimeoutError, Exception):
+            except (TimeoutError, Exception):
                 pass
 
     async def __aenter__(self) -> MockUpstream:
@@ -555,7 +555,7 @@ class MockUpstream:
                 return
             try:
                 await asyncio.wait_for(conn.peer_closed.wait(), seconds)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return
             raise _PeerGone
 

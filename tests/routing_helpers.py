@@ -1,8 +1,8 @@
 """Helpers for the routing tests (issue 3): several MockUpstreams as providers, configs
 built from them, one-shot client requests, and readers for what the gateway reports.
 
-Import the ``ups`` fixture into a test module (``from routing_helpers import ups``) to
-get three started MockUpstreams, closed after the test.
+Import the fixture into a test module (``from routing_helpers import ups_fixture``) to
+get ``ups``: three started MockUpstreams, closed after the test.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 import pytest
-
 from conftest import GW_KEY, Gateway, Response, chat_request, free_port, raw_connection
 from mock_upstream import Json, MockUpstream, RecordedRequest
 
@@ -22,11 +21,22 @@ KEY_A = "sk-prov-key-alpha-0000aaaa"
 KEY_B = "sk-prov-key-bravo-1111bbbb"
 KEY_C = "sk-prov-key-charl-2222cccc"
 
-OK_BODY = {"id": "chatcmpl-x", "object": "chat.completion", "choices": []}
+ANT_KEY = "sk-ant-api03-abcdefghijklmnopqrstuvwxyz-0123456789-z9y8"
+# A Messages API answer (what an anthropic-type provider returns)
+MESSAGE = {
+    "id": "msg_01",
+    "type": "message",
+    "role": "assistant",
+    "model": "claude-sonnet-4",
+    "content": [{"type": "text", "text": "Hello from the mock"}],
+    "stop_reason": "end_turn",
+    "stop_sequence": None,
+    "usage": {"input_tokens": 3, "output_tokens": 5},
+}
 
 
-@pytest.fixture
-async def ups() -> AsyncIterator[list[MockUpstream]]:
+@pytest.fixture(name="ups")
+async def ups_fixture() -> AsyncIterator[list[MockUpstream]]:
     """Three MockUpstreams; each answers by default ``{"who": "upN"}`` (N = 0, 1, 2)."""
     mocks = [await MockUpstream.start() for _ in range(3)]
     for i, m in enumerate(mocks):

@@ -6,7 +6,6 @@ import asyncio
 import time
 
 import pytest
-
 from conftest import (
     Gateway,
     StartGateway,
@@ -29,7 +28,7 @@ from mock_upstream import (
     Stall,
 )
 
-STREAM_BODY = b'{"model":"m","stream":true,"messages":[]}'
+STREAM_BODY = b'{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}'
 
 
 # --------------------------------------------------------------------------- before the head
@@ -282,7 +281,7 @@ async def test_disconnected_upstream_connection_not_reused(gateway: Gateway, moc
 
 
 async def test_client_disconnect_mid_request_body(gateway: Gateway, mock_upstream: MockUpstream) -> None:
-    full = chat_request(b'{"model":"m","pad":"' + b"x" * 5000 + b'"}')
+    full = chat_request(b'{"model":"m","messages":[{"role":"user","content":"' + b"x" * 5000 + b'"}]}')
     c = await raw_connection(gateway.port)
     await c.send(full[: len(full) - 3000])
     await asyncio.sleep(0.2)

@@ -83,7 +83,7 @@ async def test_expect_continue_over_limit_gets_413_not_100(
 
 async def test_chunked_body_over_limit_413(start_gateway: StartGateway, mock_upstream: MockUpstream) -> None:
     gw = await start_gateway(base_config(mock_upstream, server={"max_body_bytes": 1000}))
-    chunk = b'{"model":"m","pad":"' + b"x" * 480 + b'"}'
+    chunk = b'{"model":"m","messages":[{"role":"user","content":"' + b"x" * 450 + b'"}]}'
     body = b"".join(b"%x\r\n" % len(chunk) + chunk + b"\r\n" for _ in range(3)) + b"0\r\n\r\n"
     head = (
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + AUTH

@@ -8,7 +8,6 @@ import ssl
 import time
 
 import pytest
-
 from conftest import CHAT_BODY, parse_response, raw_connection
 from mock_upstream import (
     Chunked,

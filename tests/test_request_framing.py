@@ -5,7 +5,6 @@ the gateway goes on serving other connections."""
 from __future__ import annotations
 
 import pytest
-
 from conftest import (
     CHAT_BODY,
     GW_KEY,

@@ -6,7 +6,6 @@ import json
 from collections.abc import Iterator
 
 import pytest
-
 from conftest import GW_KEY, UPSTREAM_KEY, Gateway, StartGateway, base_config
 from mock_upstream import Json, MockUpstream, Sse
 

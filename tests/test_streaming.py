@@ -8,7 +8,6 @@ import hashlib
 import time
 
 import pytest
-
 from conftest import (
     Gateway,
     StartGateway,

@@ -7,7 +7,6 @@ import ssl
 from pathlib import Path
 
 import pytest
-
 from conftest import (
     CHAT_BODY,
     UPSTREAM_KEY,

@@ -12,6 +12,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING
 
 from rawgw.config import Config
+from rawgw.observe.chatlog import chat_record, write_chat_file
 from rawgw.observe.logwriter import LogWriter
 from rawgw.observe.metrics import Metrics
 
@@ -36,7 +37,13 @@ class Recorder:
         duration = now - ex.t0
         status = ex.status or (499 if ex.outcome == "client_closed" else 0)
         upstream_s = (ex.t_head - ex.t_sent) if ex.t_head and ex.t_sent else None
-        self.metrics.request(ex.endpoint.kind, ex.provider, status, duration, upstream_s, ex.attempts, ex.key.name if ex.key else "")
+        key_name = ex.key.name if ex.key else ""
+        self.metrics.request(ex.endpoint.kind, ex.provider, status, duration, upstream_s, ex.attempts, key_name)
+        usage = ex.usage
+        if usage is not None:
+            model = ex.upstream_model or ""
+            self.metrics.tokens[(ex.provider, model, key_name, "prompt")] += usage[0]
+            self.metrics.tokens[(ex.provider, model, key_name, "completion")] += usage[1]
         if ex.overhead_s is not None:
             self.metrics.overhead(max(0.0, ex.overhead_s))
         if log.isEnabledFor(logging.INFO):
@@ -69,10 +76,31 @@ class Recorder:
                     "bytes_in": ex.bytes_in,
                     "bytes_out": ex.bytes_out,
                     "stream": ex.stream,
+                    "prompt_tokens": usage[0] if usage else None,
+                    "completion_tokens": usage[1] if usage else None,
+                    "cache": ex.cache_status.decode() if ex.cache_status else None,
                     "outcome": ex.outcome,
                     "error": ex.error or None,
                 }
             )
+        if self.config.logging.chat and ex.endpoint.kind == "routed" and ex.request_body:
+            body = ex.response_body()
+            if body is not None:
+                record = chat_record(
+                    ex.request_id.decode(),
+                    ex.endpoint.path,
+                    list(ex.request.headers),
+                    ex.request_body,
+                    status,
+                    ex.response_headers,
+                    body,
+                    ex.stream,
+                    {"provider": ex.provider, "key_name": key_name or None, "client_model": ex.client_model,
+                     "upstream_model": ex.upstream_model, "attempts": ex.attempts, "outcome": ex.outcome,
+                     "cache": ex.cache_status.decode() if ex.cache_status else None},
+                )
+                rid = ex.request_id.decode()
+                self.writer.put("__call__", lambda cfg: write_chat_file(cfg, rid, record))
         if ex.error and self.config.logging.errors:
             self.writer.error(
                 {

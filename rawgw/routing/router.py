@@ -7,17 +7,21 @@ Data flow: ``classify`` (path → Endpoint) → ``plan`` (endpoint + key + body 
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from typing import Any
 
 import orjson
 
 from rawgw.config import Config, GatewayKey, Provider, Route
 from rawgw.errors import GatewayError, retry_after_header
 from rawgw.routing.keys import KeyPool, KeyState
+from rawgw.routing.rewrite import RawJSON, member_span, rewrite_body
+from rawgw.routing.validate import validate_body
 
 # Endpoints routed by the body's ``model`` (SPEC 4); value: Anthropic-only?
 ROUTED: dict[str, bool] = {
@@ -125,12 +129,13 @@ class Router:
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            raise GatewayError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
+            parsed = _parse_wide(body, exc)
         if not isinstance(parsed, dict):
             raise GatewayError(400, "request body must be a JSON object", code="invalid_json")
         model = parsed.get("model")
         if not isinstance(model, str) or not model:
             raise GatewayError(400, "model: required, a non-empty string", code="invalid_model")
+        validate_body(endpoint.rest, parsed)
         if key is not None and key.models and not any(fnmatchcase(model, g) for g in key.models):
             raise GatewayError(403, f"key '{key.name}' may not use model '{model}'", code="model_not_allowed")
         route = next((r for r in self.config.routes if fnmatchcase(model, r.match)), None)
@@ -181,11 +186,15 @@ class Router:
                 prov = parsed.get("provider")
                 has_order = isinstance(prov, dict) and "order" in prov
                 if not has_order or route.force_provider_order:
-                    new_prov = dict(prov) if isinstance(prov, dict) else {}
-                    new_prov["order"] = list(route.provider_order)
-                    changes["provider"] = new_prov
+                    order = list(route.provider_order)
+                    span = member_span(body, "provider") if isinstance(prov, dict) else None
+                    if span is not None:
+                        # splice inside the client's provider object: its other fields stay as sent
+                        changes["provider"] = RawJSON(rewrite_body(body[span[0] : span[1]], {"order": order}))
+                    else:
+                        changes["provider"] = {"order": order}
             if changes:
-                body = orjson.dumps({**parsed, **changes})
+                body = rewrite_body(body, changes)
         plan.bodies[provider.type] = body
         return body
 
@@ -240,11 +249,25 @@ class Router:
             raise GatewayError(503, f"no usable key or provider available ({names}): keys disabled or circuit open", code="no_available_provider")
 
 
+def _parse_wide(body: bytes, exc: Exception) -> Any:
+    """orjson refuses integers beyond 64 bits, which JSON allows: fall back to json."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        raise GatewayError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
+
+
 def safe_rest(rest: str) -> str:
-    """A path tail that cannot escape the provider's base path (``..``, ``//``, ``\\``)."""
-    if "\\" in rest or rest.startswith("/"):
+    """A path tail that cannot escape the provider's base path (``..``, ``//``, ``\\``).
+
+    Checked after percent-decoding, since the upstream may decode ``%2e%2e%2f``.
+    """
+    decoded = urllib.parse.unquote(rest)
+    if "\\" in decoded or rest.startswith("/") or decoded.startswith("/") or "\x00" in decoded:
         raise GatewayError(400, "invalid path", code="invalid_path")
-    for seg in rest.split("/"):
-        if urllib.parse.unquote(seg) in (".", ".."):
+    for seg in decoded.split("/"):
+        if seg in (".", ".."):
             raise GatewayError(400, "invalid path: dot segments are not allowed", code="invalid_path")
+    if "//" in decoded:
+        raise GatewayError(400, "invalid path: empty segments are not allowed", code="invalid_path")
     return rest

@@ -15,15 +15,18 @@ from rawgw.upstream.pool import OriginPool
 MAX_FETCH_BYTES = 8 * 1024 * 1024
 
 
-class _Collector:
-    def __init__(self) -> None:
+class BodyCollector:
+    """A body sink that keeps the whole (bounded) body and resolves a future at its end."""
+
+    def __init__(self, limit: int = MAX_FETCH_BYTES) -> None:
+        self.limit = limit
         self.parts: list[bytes] = []
         self.size = 0
         self.done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
 
     def on_upstream_data(self, data: bytes) -> None:
         self.size += len(data)
-        if self.size > MAX_FETCH_BYTES:
+        if self.size > self.limit:
             if not self.done.done():
                 self.done.set_exception(UpstreamError("protocol", "upstream answer too large"))
             return
@@ -44,7 +47,7 @@ async def fetch(pool: OriginPool, request: h11.Request, connect_timeout: float, 
     try:
         async with asyncio.timeout(timeout):
             head = await conn.start(request, b"", timeout)
-            collector = _Collector()
+            collector = BodyCollector()
             conn.stream_to(collector)
             body = await collector.done
     except BaseException:

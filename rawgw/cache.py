@@ -1,0 +1,60 @@
+"""Response cache for non-streaming chat completions (``[cache]``).
+
+Keyed by the canonical request — the upstream model after mapping plus the body
+with sorted keys — and the gateway key's scope, so two keys never share answers.
+LRU with a TTL and ``max_entries``; only 2xx answers are stored. Per process:
+with N workers each has its own cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+Header = tuple[bytes, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    status: int
+    headers: tuple[Header, ...]
+    body: bytes
+    provider: str
+    expires: float
+
+
+class ResponseCache:
+    def __init__(self, ttl_s: float, max_entries: int) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self.entries: OrderedDict[bytes, Entry] = OrderedDict()
+
+    @staticmethod
+    def key(scope: str, upstream_model: str | None, parsed: dict[str, Any], path: str) -> bytes:
+        body = dict(parsed)
+        body["model"] = upstream_model
+        canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+        return hashlib.sha256(scope.encode() + b"\0" + path.encode() + b"\0" + canonical).digest()
+
+    def get(self, key: bytes, now: float | None = None) -> Entry | None:
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        if entry.expires <= (time.monotonic() if now is None else now):
+            del self.entries[key]
+            return None
+        self.entries.move_to_end(key)
+        return entry
+
+    def put(self, key: bytes, status: int, headers: list[Header], body: bytes, provider: str) -> None:
+        if not 200 <= status < 300:
+            return
+        self.entries[key] = Entry(status, tuple(headers), body, provider, time.monotonic() + self.ttl_s)
+        self.entries.move_to_end(key)
+        while len(self.entries) > self.max_entries:
+            self.entries.popitem(last=False)

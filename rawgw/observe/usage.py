@@ -1,0 +1,72 @@
+"""Token usage picked out of the end of a response body, without parsing the stream.
+
+OpenAI puts ``usage`` in the last JSON object (plain) or the last data event
+before ``[DONE]`` (streams with include_usage); Anthropic in its final
+``message_delta`` (output) and ``message_start`` / body ``usage`` (input). The
+relay keeps references to the last few body pieces; this module looks only at
+those bytes, once, when the response ends.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+USAGE = b'"usage"'
+
+
+def _object_at(data: bytes, start: int) -> bytes | None:
+    """The balanced JSON object starting at ``data[start] == '{'`` (strings respected)."""
+    depth = 0
+    in_str = False
+    esc = False
+    for i in range(start, len(data)):
+        c = data[i]
+        if in_str:
+            if esc:
+                esc = False
+            elif c == 0x5C:
+                esc = True
+            elif c == 0x22:
+                in_str = False
+        elif c == 0x22:
+            in_str = True
+        elif c == 0x7B:
+            depth += 1
+        elif c == 0x7D:
+            depth -= 1
+            if depth == 0:
+                return data[start : i + 1]
+    return None
+
+
+def extract_usage(tail: bytes) -> tuple[int, int] | None:
+    """(prompt/input tokens, completion/output tokens) from the last usage object, if any."""
+    pos = len(tail)
+    prompt = completion = None
+    while True:
+        pos = tail.rfind(USAGE, 0, pos)
+        if pos < 0:
+            break
+        brace = tail.find(b"{", pos + len(USAGE))
+        if brace < 0 or tail[pos + len(USAGE) : brace].strip(b" \t\r\n:") != b"":
+            continue
+        obj = _object_at(tail, brace)
+        if obj is None:
+            continue
+        try:
+            usage = orjson.loads(obj)
+        except orjson.JSONDecodeError:
+            continue
+        if not isinstance(usage, dict):
+            continue
+        p = usage.get("prompt_tokens", usage.get("input_tokens"))
+        c = usage.get("completion_tokens", usage.get("output_tokens"))
+        if completion is None and isinstance(c, int):
+            completion = c
+        if prompt is None and isinstance(p, int) and (p or "prompt_tokens" in usage):
+            prompt = p
+        if prompt is not None and completion is not None:
+            break
+    if prompt is None and completion is None:
+        return None
+    return prompt or 0, completion or 0

@@ -1,0 +1,55 @@
+"""Per gateway key token buckets (rate_limit_rpm / rate_limit_burst).
+
+With N pre-forked workers each process holds its own buckets, so the configured
+rate and burst are divided by N: together the workers allow what the config says.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from rawgw.config import GatewayKey
+
+
+@dataclass(slots=True)
+class Bucket:
+    capacity: float
+    rate: float  # tokens per second
+    tokens: float
+    stamp: float
+
+    def take(self, now: float) -> float:
+        """0.0 when a token was taken, else the seconds until one is available."""
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+
+class RateLimiter:
+    def __init__(self, workers: int = 1) -> None:
+        self.workers = max(1, workers)
+        self.buckets: dict[str, Bucket] = {}
+
+    def limits(self, key: GatewayKey) -> tuple[float, float]:
+        rate = key.rate_limit_rpm / 60.0 / self.workers
+        capacity = max(1.0, (key.rate_limit_burst or 1) / self.workers)
+        return rate, capacity
+
+    def check(self, key: GatewayKey, now: float | None = None) -> tuple[float, list[tuple[bytes, bytes]]]:
+        """(seconds to wait or 0, the x-ratelimit-* headers for the response)."""
+        now = time.monotonic() if now is None else now
+        rate, capacity = self.limits(key)
+        bucket = self.buckets.get(key.name)
+        if bucket is None or bucket.rate != rate or bucket.capacity != capacity:
+            bucket = self.buckets[key.name] = Bucket(capacity, rate, capacity, now)
+        wait = bucket.take(now)
+        headers = [
+            (b"x-ratelimit-limit-requests", str(key.rate_limit_rpm).encode()),
+            (b"x-ratelimit-remaining-requests", str(int(math.floor(bucket.tokens))).encode()),
+        ]
+        return wait, headers
