@@ -63,6 +63,8 @@ class LocalEndpoints:
             self._reply(client, ex, 200, self.gw.version_info())
         elif path == "/health/providers":
             self._reply(client, ex, 200, orjson.dumps(self.providers_status()))
+        elif path in ("/metrics", "/metrics.json", "/dashboard") and not self.gw.config.metrics.enabled:
+            ex.fail(GatewayError(404, "metrics are disabled ([metrics] enabled = false)", code="unknown_path"))
         elif path == "/metrics":
             from rawgw.observe.prometheus import render
 

@@ -31,8 +31,9 @@ def install_event_loop_policy() -> None:
 class Server:
     """A listening gateway in this process."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, workers: int = 1) -> None:
         self.config = config
+        self.workers = workers
         self.gateway: Gateway | None = None
         self.server: asyncio.base_events.Server | None = None
         self.port = 0
@@ -40,7 +41,7 @@ class Server:
 
     async def start(self, host: str | None = None, port: int | None = None, sock: socket.socket | None = None) -> None:
         loop = asyncio.get_running_loop()
-        self.gateway = gw = Gateway(self.config)
+        self.gateway = gw = Gateway(self.config, self.workers)
         cfg = self.config.server
 
         def factory() -> asyncio.Protocol:
@@ -119,8 +120,9 @@ async def serve_forever(
     port: int | None = None,
     sock: socket.socket | None = None,
     announce: Callable[[Server], None] | None = None,
+    workers: int = 1,
 ) -> int:
-    server = Server(config)
+    server = Server(config, workers)
     await server.start(host, port, sock)
     loop = asyncio.get_running_loop()
     stop = loop.create_future()

@@ -209,8 +209,11 @@ async def _launch(
     config_path.write_text(config if isinstance(config, str) else to_toml(config))
     stderr_path = cwd / "stderr.txt"
     full_env = dict(os.environ)
+    # RAWGW_TEST_SRC: run the gateway from another source tree (e.g. a mutated copy,
+    # to check that the tests can fail).
+    src = os.environ.get("RAWGW_TEST_SRC") or str(REPO_ROOT)
     full_env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO_ROOT)] + ([full_env["PYTHONPATH"]] if full_env.get("PYTHONPATH") else [])
+        [src] + ([full_env["PYTHONPATH"]] if full_env.get("PYTHONPATH") else [])
     )
     full_env["PYTHONUNBUFFERED"] = "1"
     full_env.pop("RAWGW_CONFIG", None)

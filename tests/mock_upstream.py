@@ -372,7 +372,7 @@ class MockUpstream:
     async def _on_conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)  # type: ignore[arg-type]
+        self._tasks.add(task)
         self._writers.add(writer)
         sock = writer.get_extra_info("socket")
         if sock is not None:
@@ -407,7 +407,7 @@ class MockUpstream:
                 writer.close()
             _mark_closed(conn)
             self._writers.discard(writer)
-            self._tasks.discard(task)  # type: ignore[arg-type]
+            self._tasks.discard(task)
 
     async def _read_loop(
         self,
@@ -528,7 +528,7 @@ class MockUpstream:
             b = self.handler(req)
             if inspect.isawaitable(b):
                 b = await b
-            return b  # type: ignore[return-value]
+            return b
         return self.default
 
     async def _answer(
@@ -592,7 +592,9 @@ class MockUpstream:
                 raise _PeerGone
             return True
 
-        close_hdr: list[tuple[str, str]] = [("Connection", "close")] if wants_close else []
+        close_hdr: list[tuple[str | bytes, str | bytes]] = (
+            [("Connection", "close")] if wants_close else []
+        )
 
         if isinstance(b, Json):
             await sleep(b.delay_before)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from rawgw.observe.metrics import _esc
+from rawgw.observe.metrics import LATENCY_BUCKETS, Histogram, _esc
 
 if TYPE_CHECKING:
     from rawgw.app import Gateway
@@ -66,17 +66,60 @@ def render(gw: Gateway) -> str:
     return "\n".join(out) + "\n"
 
 
+def _quantile(h: Histogram, q: float) -> float | None:
+    """Upper bound of the bucket holding quantile ``q`` (what Prometheus would estimate)."""
+    if h.count == 0:
+        return None
+    target = q * h.count
+    cumulative = 0
+    for bound, n in zip(h.buckets, h.counts):
+        cumulative += n
+        if cumulative >= target:
+            return bound
+    return h.buckets[-1]
+
+
 def snapshot(gw: Gateway) -> dict[str, Any]:
+    """What /dashboard shows; the page computes rates from successive snapshots."""
     m = gw.recorder.metrics
-    total = sum(m.requests.values())
     by_status: dict[str, int] = {}
-    for (_, _, status), n in m.requests.items():
+    by_provider: dict[str, int] = {}
+    for (_, provider, status), n in m.requests.items():
         by_status[str(status)] = by_status.get(str(status), 0) + n
+        if provider:
+            by_provider[provider] = by_provider.get(provider, 0) + n
+    merged = Histogram(LATENCY_BUCKETS)
+    for h in m.latency.values():
+        merged.counts = [a + b for a, b in zip(merged.counts, h.counts)]
+        merged.count += h.count
+        merged.sum += h.sum
+    tokens: dict[str, dict[str, int]] = {}
+    for (provider, model, _key, kind), n in m.tokens.items():
+        entry = tokens.setdefault(f"{provider}/{model}", {"prompt": 0, "completion": 0})
+        entry[kind] = entry.get(kind, 0) + n
     return {
         "time": time.time(),
-        "uptime_s": time.time() - gw.started,
-        "requests_total": total,
+        "uptime_s": round(time.time() - gw.started, 3),
+        "requests_total": merged.count,
         "by_status": by_status,
+        "by_provider": by_provider,
+        "latency_ms": {
+            "mean": round(merged.sum / merged.count * 1000, 3) if merged.count else None,
+            "p50": _ms(_quantile(merged, 0.5)),
+            "p99": _ms(_quantile(merged, 0.99)),
+        },
+        "overhead_ms": {"p50": _ms(_quantile(m.overhead_hist, 0.5)), "p99": _ms(_quantile(m.overhead_hist, 0.99))},
+        "tokens": tokens,
+        "tokens_total": {"prompt": sum(v["prompt"] for v in tokens.values()), "completion": sum(v["completion"] for v in tokens.values())},
+        "cache": dict(m.cache),
+        "rate_limited": sum(m.rate_limited.values()),
+        "failovers": sum(m.failovers.values()),
         "open_connections": len(gw.clients),
+        "active_streams": sum(1 for c in gw.clients if c.in_flight),
         "providers": gw.local.providers_status()["providers"],
+        "recent_errors": list(gw.recorder.recent_errors)[-20:],
     }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from time import perf_counter
 from typing import TYPE_CHECKING
 
@@ -21,10 +22,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rawgw.access")
 
+RECENT_ERRORS = 50
+
 
 class Recorder:
     def __init__(self, config: Config) -> None:
         self.metrics = Metrics()
+        self.recent_errors: deque[dict[str, object]] = deque(maxlen=RECENT_ERRORS)
         self.writer = LogWriter(config.logging)
         self.config = config
 
@@ -101,6 +105,10 @@ class Recorder:
                 )
                 rid = ex.request_id.decode()
                 self.writer.put("__call__", lambda cfg: write_chat_file(cfg, rid, record))
+        if ex.error:
+            self.recent_errors.append(
+                {"time": time.time(), "request_id": ex.request_id.decode(), "status": status, "provider": ex.provider or None, "message": ex.error}
+            )
         if ex.error and self.config.logging.errors:
             self.writer.error(
                 {
@@ -116,6 +124,9 @@ class Recorder:
     def upstream_failure(self, ex: Exchange, provider: str, err: Exception) -> None:
         self.metrics.failover(provider)
         message = getattr(err, "message", str(err))
+        self.recent_errors.append(
+            {"time": time.time(), "request_id": ex.request_id.decode(), "status": None, "provider": provider, "message": message}
+        )
         log.warning("%s upstream %s failed: %s", ex.request_id.decode(), provider, message)
         if self.config.logging.errors:
             self.writer.error(
