@@ -40,7 +40,13 @@ def _reuseport_socket(host: str, port: int, listen: bool) -> socket.socket:
 def _worker_main(config: Config, path: str, host: str, port: int, workers: int, ready_fd: int) -> int:
     """Runs in the forked child."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+    import logging
+
+    from rawgw.cli import setup_logging
     from rawgw.serve import install_event_loop_policy, serve_forever
+
+    # The parent's log thread did not survive fork: start this worker's own.
+    setup_logging(logging.getLevelName(logging.getLogger().level).lower())
 
     install_event_loop_policy()
     sock = _reuseport_socket(host, port, listen=True)

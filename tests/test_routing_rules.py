@@ -32,6 +32,9 @@ ODD = (
 )
 
 
+OR_KEY = "sk-or-v1-0123456789abcdef0123456789abcdefa1b2"
+
+
 def odd(model: str) -> bytes:
     return ODD % model.encode()
 
@@ -144,6 +147,77 @@ async def test_alias_rewrite_keeps_big_integers_exact(start_gateway: StartGatewa
     }
 
 
+def _pairs(body: bytes) -> list[tuple[str, object]]:
+    """Top-level members in order, duplicates kept (a rewrite must not add a second ``model``)."""
+    return json.loads(body, object_pairs_hook=lambda pairs: pairs)  # type: ignore[no-any-return]
+
+
+TRICKY = [
+    # nested "model" members are not the request's model: left alone
+    (
+        b'{"messages":[{"role":"user","content":"x","model":"alias"}],"metadata":{"model":"alias"},"model":"alias"}',
+        {"messages": [{"role": "user", "content": "x", "model": "alias"}], "metadata": {"model": "alias"}, "model": "real/x"},
+    ),
+    # braces, quotes and backslashes inside strings; whitespace around the colon
+    (
+        rb'{"x":"} \\ \" {\"model\":\"alias\"}" , "model" : "alias" ,"messages":[{"role":"user","content":"]"}]}',
+        {"x": '} \\ " {"model":"alias"}', "model": "real/x", "messages": [{"role": "user", "content": "]"}]},
+    ),
+    # an escaped key is still the key "model"
+    (
+        b'{"mod\u0065l":"alias","messages":[{"role":"user","content":"x"}]}',
+        {"model": "real/x", "messages": [{"role": "user", "content": "x"}]},
+    ),
+    # model last, followed by whitespace and a newline before the brace
+    (
+        b'{"messages":[{"role":"user","content":"x"}],"n":1,"model":"alias"  \n}\n',
+        {"messages": [{"role": "user", "content": "x"}], "n": 1, "model": "real/x"},
+    ),
+]
+
+
+async def test_rewrite_touches_only_the_top_level_model(start_gateway: StartGateway, ups: list[MockUpstream]) -> None:
+    p1, _, _ = ups
+    gw = await start_gateway(cfg({"p1": prov(p1)}, routes=[{"match": "alias", "model": "real/x"}]))
+    for i, (sent, want) in enumerate(TRICKY):
+        r = await call(gw, sent)
+        assert r.status == 200, (i, r.body)
+        got = p1.requests[i].body
+        assert json.loads(got) == want, (i, got)
+        assert [k for k, _ in _pairs(got)].count("model") == 1, got
+        assert p1.requests[i].header("content-length") == str(len(got)).encode()
+
+
+OR_TRICKY = [
+    (b'{"model":"alias","provider":null,"messages":[{"role":"user","content":"x"}]}', {"order": ["A", "B"]}),
+    (b'{"model":"alias","provider":{},"messages":[{"role":"user","content":"x"}]}', {"order": ["A", "B"]}),
+    (
+        b'{"model":"alias","provider" : { "sort":"price" , "only":["x"],"max_price":{"prompt":1}} ,"messages":[{"role":"user","content":"x"}]}',
+        {"sort": "price", "only": ["x"], "max_price": {"prompt": 1}, "order": ["A", "B"]},
+    ),
+    (b'{"model":"alias","messages":[{"role":"user","content":"x","provider":{"order":["no"]}}]}', {"order": ["A", "B"]}),
+]
+
+
+async def test_provider_order_injection_on_varied_bodies(start_gateway: StartGateway, ups: list[MockUpstream]) -> None:
+    p1, _, _ = ups
+    gw = await start_gateway(
+        cfg(
+            {"or1": prov(p1, type="openrouter", keys=[OR_KEY])},
+            routes=[{"match": "alias", "provider_order": ["A", "B"]}],
+        )
+    )
+    for i, (sent, want_provider) in enumerate(OR_TRICKY):
+        r = await call(gw, sent)
+        assert r.status == 200, (i, r.body)
+        got = json.loads(p1.requests[i].body)
+        assert got["provider"] == want_provider, (i, p1.requests[i].body)
+        assert got["model"] == "alias"
+        expected_rest = {k: v for k, v in json.loads(sent).items() if k != "provider"}
+        assert {k: v for k, v in got.items() if k != "provider"} == expected_rest
+        assert [k for k, _ in _pairs(p1.requests[i].body)].count("provider") == 1
+
+
 @pytest.mark.parametrize(
     "routes",
     [
@@ -171,8 +245,6 @@ async def test_body_needing_no_change_is_forwarded_as_exact_bytes(
 
 # --------------------------------------------------------------------------- provider.order
 
-
-OR_KEY = "sk-or-v1-0123456789abcdef0123456789abcdefa1b2"
 
 
 async def test_openrouter_provider_order_injected(start_gateway: StartGateway, ups: list[MockUpstream]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -63,7 +65,20 @@ def render(gw: Gateway) -> str:
     for authority, (open_n, idle_n) in sorted(gw.pools.stats().items()):
         out.append(f'rawgw_upstream_pool_connections{{origin="{_esc(authority)}",state="open"}} {open_n}')
         out.append(f'rawgw_upstream_pool_connections{{origin="{_esc(authority)}",state="idle"}} {idle_n}')
+    head("rawgw_process_open_fds", "gauge", "File descriptors open in this process (leak check).")
+    out.append(f"rawgw_process_open_fds {_open_fds()}")
+    head("rawgw_asyncio_tasks", "gauge", "asyncio tasks alive in this process (leak check).")
+    out.append(f"rawgw_asyncio_tasks {len(asyncio.all_tasks())}")
+    head("rawgw_log_records_dropped_total", "counter", "Log records dropped because the log queue was full.")
+    out.append(f"rawgw_log_records_dropped_total {gw.recorder.writer.dropped}")
     return "\n".join(out) + "\n"
+
+
+def _open_fds() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return -1
 
 
 def _quantile(h: Histogram, q: float) -> float | None:

@@ -44,6 +44,7 @@ class Breaker:
     failures: list[float] = field(default_factory=list)
     open_until: float = 0.0
     probing: bool = False
+    probe_started: float = 0.0
 
     def state(self, now: float) -> str:
         if self.open_until > now:
@@ -56,8 +57,10 @@ class Breaker:
         st = self.state(now)
         if st == "closed":
             return True
-        if st == "half-open" and not self.probing:
+        if st == "half-open" and (not self.probing or now - self.probe_started > BREAKER_WINDOW_S):
+            # One probe at a time; a probe that never reported (client left) expires.
             self.probing = True
+            self.probe_started = now
             return True
         return False
 
