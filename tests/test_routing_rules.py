@@ -165,7 +165,7 @@ TRICKY = [
     ),
     # an escaped key is still the key "model"
     (
-        b'{"mod\u0065l":"alias","messages":[{"role":"user","content":"x"}]}',
+        rb'{"mod\u0065l":"alias","messages":[{"role":"user","content":"x"}]}',
         {"model": "real/x", "messages": [{"role": "user", "content": "x"}]},
     ),
     # model last, followed by whitespace and a newline before the brace

@@ -112,28 +112,34 @@ class OriginPool:
             return proto
         # Egress proxy: HTTP CONNECT, then TLS inside the tunnel.
         p = urllib.parse.urlsplit(o.proxy)
-        reader, writer = await asyncio.open_connection(p.hostname, p.port or 80)
+        transport, handshake = await loop.create_connection(_ConnectHandshake, p.hostname, p.port or 80)
         auth = b""
         if p.username:
             cred = f"{urllib.parse.unquote(p.username)}:{urllib.parse.unquote(p.password or '')}".encode()
             auth = b"Proxy-Authorization: Basic " + base64.b64encode(cred) + b"\r\n"
-        target = f"{o.host}:{o.port}".encode()
-        writer.write(b"CONNECT " + target + b" HTTP/1.1\r\nHost: " + target + b"\r\n" + auth + b"\r\n")
-        head = await reader.readuntil(b"\r\n\r\n")
+        target = f"{o.host}:{o.port}".encode() if ":" not in o.host else f"[{o.host}]:{o.port}".encode()
+        transport.write(b"CONNECT " + target + b" HTTP/1.1\r\nHost: " + target + b"\r\n" + auth + b"\r\n")
+        try:
+            head = await handshake.head
+        except BaseException:
+            transport.abort()
+            raise
         status_line = head.split(b"\r\n", 1)[0].split(b" ", 2)
-        if len(status_line) < 2 or status_line[1] != b"200":
-            writer.close()
-            raise UpstreamError("connect", f"egress proxy refused CONNECT to {o.authority}: {b' '.join(status_line[1:]).decode('latin-1')}")
-        transport = writer.transport
+        if len(status_line) < 2 or not status_line[1].startswith(b"2"):
+            transport.abort()
+            reason = b" ".join(status_line[1:]).decode("latin-1")[:100]
+            raise UpstreamError("connect", f"egress proxy refused CONNECT to {o.authority}: {reason}")
         proto = factory()
         if tls is not None:
-            new_transport = await loop.start_tls(transport, proto, tls, server_hostname=o.host)
-            assert new_transport is not None
-            transport.set_protocol(proto)
-            proto.connection_made(new_transport)
+            # start_tls wraps the tunnel and owns the raw transport's protocol slot.
+            tls_transport = await loop.start_tls(transport, handshake, tls, server_hostname=o.host)
+            assert tls_transport is not None
+            tls_transport.set_protocol(proto)
+            proto.connection_made(tls_transport)
         else:
             transport.set_protocol(proto)
             proto.connection_made(transport)
+            transport.resume_reading()
         return proto
 
     def release(self, conn: UpstreamConnection) -> None:
@@ -164,6 +170,35 @@ class OriginPool:
     def close(self) -> None:
         for conn in list(self.open):
             conn.abort()
+
+
+class _ConnectHandshake(asyncio.Protocol):
+    """Reads the proxy's answer to CONNECT, then gives the transport up."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.head: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.head.done():
+            return
+        self.buf += data
+        end = self.buf.find(b"\r\n\r\n")
+        if end >= 0:
+            # A 2xx CONNECT answer has no body; nothing may follow before we speak.
+            if self.transport is not None:
+                self.transport.pause_reading()
+            self.head.set_result(bytes(self.buf[: end + 4]))
+        elif len(self.buf) > 16384:
+            self.head.set_exception(UpstreamError("connect", "egress proxy answer too large"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.head.done():
+            self.head.set_exception(UpstreamError("connect", "egress proxy closed the connection during CONNECT"))
 
 
 class Pools:
