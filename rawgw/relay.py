@@ -38,6 +38,9 @@ Header = tuple[bytes, bytes]
 RETRYABLE = frozenset({429, 500, 502, 503, 504, 529})
 KEY_DISABLING = frozenset({401, 403})
 
+# Usage sits in the last JSON object / last SSE events: keep this much of the end.
+TAIL_BYTES = 8192
+
 # A failed-over answer is kept (to return if nothing better comes) up to this size.
 MAX_SAVED_ERROR_BYTES = 256 * 1024
 ERROR_BODY_WAIT_S = 5.0
@@ -83,9 +86,8 @@ class Exchange:
         "connect_s",
         "overhead_s",
         "first_piece",
-        "tail1",
-        "tail2",
-        "tail3",
+        "tail",
+        "tail_size",
         "collected",
         "collected_size",
         "cache_key",
@@ -139,7 +141,9 @@ class Exchange:
         self.connect_s = 0.0
         self.overhead_s: float | None = None
         # references to body pieces (no copies) for usage accounting at the end
-        self.first_piece = self.tail1 = self.tail2 = self.tail3 = b""
+        self.first_piece = b""
+        self.tail: list[bytes] = []
+        self.tail_size = 0
         self.collected: list[bytes] | None = None  # whole body, only for cache/chat log
         self.collected_size = 0
         self.cache_key: bytes | None = None
@@ -186,13 +190,24 @@ class Exchange:
 
     # ---- upstream leg (upstream.connection.BodySink) -------------------------
 
+    def cork(self) -> None:
+        self.client.cork()
+
+    def uncork(self) -> None:
+        self.client.uncork()
+
     def on_upstream_data(self, data: bytes) -> None:
         self.bytes_out += len(data)
         self.client.send_body(data)
         if not self.first_piece:
             self.first_piece = data
         else:
-            self.tail1, self.tail2, self.tail3 = self.tail2, self.tail3, data
+            # References to the last pieces covering TAIL_BYTES: no copies.
+            tail = self.tail
+            tail.append(data)
+            self.tail_size += len(data)
+            while self.tail_size - len(tail[0]) >= TAIL_BYTES:
+                self.tail_size -= len(tail.pop(0))
         collected = self.collected
         if collected is not None:
             self.collected_size += len(data)
@@ -211,7 +226,7 @@ class Exchange:
 
     def _usage(self) -> tuple[int, int] | None:
         """Tokens from the end of the body (and the first piece, for Anthropic's input)."""
-        tail = self.tail1 + self.tail2 + self.tail3
+        tail = b"".join(self.tail)
         found = extract_usage(tail) if tail else None
         if self.first_piece and (found is None or found[0] == 0):
             head = extract_usage(self.first_piece + tail if len(self.first_piece) < 65536 else self.first_piece)
@@ -382,7 +397,7 @@ class Exchange:
         headers.append((b"x-request-id", self.request_id))
         if plan_body is not None:
             headers.append((b"content-length", str(len(plan_body)).encode()))
-            upstream_request = h11.Request(method=request.method, target=self.gw.router.upstream_path(self.endpoint, provider), headers=headers)
+            upstream_request = _request(request.method, self.gw.router.upstream_path(self.endpoint, provider), headers)
             return conn.start(upstream_request, plan_body, provider.read_timeout_s)
         # Streamed body: same framing as the client used.
         cl = get_header(request.headers, b"content-length")
@@ -392,7 +407,7 @@ class Exchange:
         elif chunked:
             headers.append((b"transfer-encoding", b"chunked"))
         has_body = cl is not None or chunked
-        upstream_request = h11.Request(method=request.method, target=self.gw.router.upstream_path(self.endpoint, provider), headers=headers)
+        upstream_request = _request(request.method, self.gw.router.upstream_path(self.endpoint, provider), headers)
         if not has_body:
             return conn.start(upstream_request, b"", provider.read_timeout_s)
         if self.body_done:
@@ -425,12 +440,15 @@ class Exchange:
                 headers.append((b"cache-control", b"no-cache"))
         headers.extend(self.gw.response_extras(self, routed=True))
         self.response_headers = upstream_headers
-        self.client.send_head(head.status_code, headers, head.reason or _reason(head.status_code))
+        client = self.client
+        client.cork()  # head and whatever body already arrived leave in one write
+        client.send_head(head.status_code, headers, head.reason or _reason(head.status_code))
         self.streaming = True
         self.overhead_s = perf_counter() - self.t0 - (self.t_head - self.t_sent) - self.connect_s
-        if not self.client.writable:
+        if not client.writable:
             conn.set_reading(False)
         conn.stream_to(self)
+        client.uncork()
 
     # ---- endings -------------------------------------------------------------
 
@@ -469,3 +487,14 @@ def _reason(status: int) -> bytes:
         return HTTPStatus(status).phrase.encode()
     except ValueError:
         return b""
+
+
+def _request(method: bytes, target: bytes, headers: list[Header]) -> h11.Request:
+    """An h11 Request without h11's per-header regex re-validation.
+
+    Every name and value here was already validated: by h11 when it parsed the
+    client's request, by the config loader (provider headers and keys), or is a
+    constant of ours (request ids are checked in app.valid_request_id). The
+    framing checks (Content-Length/Transfer-Encoding) still run.
+    """
+    return h11.Request(method=method, target=target, headers=headers, _parsed=True)

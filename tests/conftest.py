@@ -25,8 +25,12 @@ functions
     parse_responses(data, *, eof=True) -> list[Response]
     chat_request(body=None, *, path="/v1/chat/completions", headers=(), key=GW_KEY,
                  auth="bearer", version="HTTP/1.1", close=False) -> bytes
+    assert_gateway_error(response, status) -> error dict (OpenAI-shaped, status checked)
+    assert_wire_invariants(response) (one Date, one Server: rawgw, no TE+CL, no hop-by-hop)
 constants
     GW_KEY, UPSTREAM_KEY, CHAT_BODY
+environment
+    RAWGW_TEST_SRC   run the gateway subprocess from another source tree (mutation checks)
 """
 
 from __future__ import annotations

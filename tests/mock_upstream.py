@@ -352,18 +352,32 @@ class MockUpstream:
             async with self._new_request:
                 await self._new_request.wait_for(lambda: len(self.requests) >= n)
 
-        await asyncio.wait_for(_wait(), timeout)
+        try:
+            await asyncio.wait_for(_wait(), timeout)
+        except TimeoutError:
+            raise AssertionError(
+                f"mock upstream got {len(self.requests)} request(s) in {timeout} s, wanted {n}"
+            ) from None
         return self.requests
 
     async def wait_peer_closed(self, conn: ConnRecord, timeout: float = 5.0) -> float:
         """Wait until the gateway closed (FIN or RST) ``conn``; return that monotonic time."""
-        await asyncio.wait_for(conn.peer_closed.wait(), timeout)
+        try:
+            await asyncio.wait_for(conn.peer_closed.wait(), timeout)
+        except TimeoutError:
+            raise AssertionError(
+                f"upstream connection #{conn.id} still open after {timeout} s: the gateway "
+                "did not close it"
+            ) from None
         assert conn.peer_closed_at is not None
         return conn.peer_closed_at
 
     async def wait_closed(self, conn: ConnRecord, timeout: float = 5.0) -> float:
         """Wait until ``conn`` is closed by either side; return that monotonic time."""
-        await asyncio.wait_for(conn.closed.wait(), timeout)
+        try:
+            await asyncio.wait_for(conn.closed.wait(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"upstream connection #{conn.id} still open after {timeout} s") from None
         assert conn.closed_at is not None
         return conn.closed_at
 

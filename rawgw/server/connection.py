@@ -80,6 +80,7 @@ class ClientConnection(asyncio.Protocol):
         self.pipelined = 0
         self.body_seen = 0
         self.head_buf: bytearray | None = bytearray()  # raw head while awaiting one
+        self.corked: list[bytes] | None = None  # writes gathered into one writelines
         self.peer = ""
 
     # ---- asyncio.Protocol -------------------------------------------------
@@ -314,16 +315,34 @@ class ClientConnection(asyncio.Protocol):
         headers.append((b"server", b"rawgw"))
         if self.draining:
             headers.append((b"connection", b"close"))
-        data = self.h11.send(h11.Response(status_code=status, headers=headers, reason=reason or REASONS.get(status, b"")))
+        # _parsed=True skips h11's per-header regexes: names and values come from
+        # h11-parsed upstream heads, the validated config, or our own constants.
+        data = self.h11.send(h11.Response(status_code=status, headers=headers, reason=reason or REASONS.get(status, b""), _parsed=True))
         assert data is not None
-        self.transport.write(data)
+        if self.corked is not None:
+            self.corked.append(data)
+        else:
+            self.transport.write(data)
 
     def send_body(self, data: bytes) -> None:
         if self.closed or self.transport is None:
             return
         pieces = self.h11.send_with_data_passthrough(h11.Data(data=data))
-        if pieces:
+        if self.corked is not None:
+            self.corked.extend(pieces)
+        elif pieces:
             self.transport.writelines(pieces)
+
+    def cork(self) -> None:
+        """Gather the following writes (one response's head, body pieces, end) into one."""
+        if self.corked is None:
+            self.corked = []
+
+    def uncork(self) -> None:
+        pending = self.corked
+        self.corked = None
+        if pending and self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(pending)
 
     def send_end(self) -> None:
         """Finish the response cleanly and move to the next request (keep-alive)."""
@@ -331,7 +350,10 @@ class ClientConnection(asyncio.Protocol):
             return
         data = self.h11.send(h11.EndOfMessage())
         if data:
-            self.transport.write(data)
+            if self.corked is not None:
+                self.corked.append(data)
+            else:
+                self.transport.write(data)
         self.response_done = True
         self.sink = None
         if self.h11.our_state is h11.MUST_CLOSE:
@@ -346,10 +368,14 @@ class ClientConnection(asyncio.Protocol):
         if self.closed or self.transport is None:
             return
         headers.append((b"content-length", str(len(body)).encode()))
+        corked = self.corked is not None
+        self.cork()
         self.send_head(status, headers)
         if body and self.h11.our_state is h11.SEND_BODY:
             self.send_body(body)
         self.send_end()
+        if not corked:
+            self.uncork()
 
     def send_error(self, err: GatewayError, headers: list[Header] | None = None) -> None:
         hdrs: list[Header] = [(b"content-type", b"application/json")]
@@ -440,6 +466,7 @@ class ClientConnection(asyncio.Protocol):
 
     def close(self) -> None:
         if not self.closed:
+            self.uncork()  # what was gathered still goes out before the FIN
             self.closed = True
             self._cancel_timer()
             if self.transport is not None:

@@ -30,6 +30,10 @@ class UpstreamError(Exception):
 
 
 class BodySink(Protocol):
+    def cork(self) -> None: ...
+
+    def uncork(self) -> None: ...
+
     def on_upstream_data(self, data: bytes) -> None: ...
 
     def on_upstream_end(self) -> None: ...
@@ -78,7 +82,17 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.last_read = self.loop.time()
         self.h11.receive_data(data)
-        self._process()
+        sink = self.sink if self.streaming else None
+        if sink is None:
+            self._process()
+            return
+        # One read from upstream becomes one write to the client (data + chunk
+        # framing + a possible end), never split into several syscalls.
+        sink.cork()
+        try:
+            self._process()
+        finally:
+            sink.uncork()
 
     def eof_received(self) -> bool:
         if self.busy:

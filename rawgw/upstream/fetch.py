@@ -24,6 +24,12 @@ class BodyCollector:
         self.size = 0
         self.done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
 
+    def cork(self) -> None:
+        pass
+
+    def uncork(self) -> None:
+        pass
+
     def on_upstream_data(self, data: bytes) -> None:
         self.size += len(data)
         if self.size > self.limit:
