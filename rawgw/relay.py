@@ -444,6 +444,7 @@ class Exchange:
         client.cork()  # head and whatever body already arrived leave in one write
         client.send_head(head.status_code, headers, head.reason or _reason(head.status_code))
         self.streaming = True
+        self.gw.active_streams += 1
         self.overhead_s = perf_counter() - self.t0 - (self.t_head - self.t_sent) - self.connect_s
         if not client.writable:
             conn.set_reading(False)
@@ -479,6 +480,8 @@ class Exchange:
             return
         self.finished = True
         self.outcome = outcome
+        if self.streaming:
+            self.gw.active_streams -= 1
         self.gw.record(self)
 
 

@@ -11,8 +11,8 @@ or from an input field, keeps it in ``sessionStorage`` (gone when the tab closes
 it as ``Authorization: Bearer``.
 
 Element ids (stable, read by tests/test_dashboard.py): ``conn-status``, ``updated``,
-``uptime``, ``req-rate``, ``req-rate-avg``, ``requests-total``, ``status-class-2xx`` ..
-``status-class-5xx``, ``status-<code>``, ``provider-requests-<provider>``,
+``uptime``, ``req-rate``, ``req-rate-avg``, ``requests-total``, ``status-class-2xx``,
+``status-class-4xx``, ``status-class-5xx``, ``status-<code>``, ``provider-requests-<provider>``,
 ``latency-p50``, ``latency-p99``, ``latency-mean``, ``overhead-p50``, ``overhead-p99``,
 ``tokens-prompt``, ``tokens-completion``, ``tokens-total``,
 ``tokens-<provider/model>-prompt`` / ``-completion``, ``open-connections``,
@@ -149,7 +149,6 @@ button.link { border: none; background: none; color: var(--accent); padding: 0; 
       <h2>Requests</h2>
       <div class="big" id="requests-total">&mdash;</div>
       <div class="sub classes"><span class="nw"><span class="st2">2xx</span> <b id="status-class-2xx">&mdash;</b></span>
-        <span class="nw">3xx <b id="status-class-3xx">&mdash;</b></span>
         <span class="nw"><span class="st4">4xx</span> <b id="status-class-4xx">&mdash;</b></span>
         <span class="nw"><span class="st5">5xx</span> <b id="status-class-5xx">&mdash;</b></span></div>
     </div>
@@ -328,7 +327,7 @@ button.link { border: none; background: none; color: var(--accent); padding: 0; 
     setText("uptime", fmtDur(snap.uptime_s));
     setText("requests-total", fmtInt(snap.requests_total));
 
-    var byStatus = snap.by_status || {}, classes = {"2xx": 0, "3xx": 0, "4xx": 0, "5xx": 0}, rows = [];
+    var byStatus = snap.by_status || {}, classes = {"2xx": 0, "4xx": 0, "5xx": 0}, rows = [];
     Object.keys(byStatus).sort().forEach(function (code) {
       var c = String(code).charAt(0) + "xx";
       if (c in classes) classes[c] += byStatus[code];

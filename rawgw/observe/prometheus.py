@@ -60,7 +60,7 @@ def render(gw: Gateway) -> str:
     head("rawgw_open_connections", "gauge", "Open client connections.")
     out.append(f"rawgw_open_connections {len(gw.clients)}")
     head("rawgw_active_streams", "gauge", "Responses being relayed right now.")
-    out.append(f"rawgw_active_streams {sum(1 for c in gw.clients if c.in_flight)}")
+    out.append(f"rawgw_active_streams {gw.active_streams}")
     head("rawgw_upstream_pool_connections", "gauge", "Upstream connections per origin (open, idle).")
     for authority, (open_n, idle_n) in sorted(gw.pools.stats().items()):
         out.append(f'rawgw_upstream_pool_connections{{origin="{_esc(authority)}",state="open"}} {open_n}')
@@ -130,7 +130,7 @@ def snapshot(gw: Gateway) -> dict[str, Any]:
         "rate_limited": sum(m.rate_limited.values()),
         "failovers": sum(m.failovers.values()),
         "open_connections": len(gw.clients),
-        "active_streams": sum(1 for c in gw.clients if c.in_flight),
+        "active_streams": gw.active_streams,
         "providers": gw.local.providers_status()["providers"],
         "recent_errors": list(gw.recorder.recent_errors)[-20:],
     }
