@@ -1,0 +1,205 @@
+"""Pure policy functions, no sockets: cooldown sources, key pools, breaker, body splicing,
+validation, usage extraction, strict head checks."""
+
+from __future__ import annotations
+
+import time
+from email.utils import formatdate
+
+import orjson
+import pytest
+
+from rawgw.errors import GatewayError, retry_after_header
+from rawgw.http.strict import head_violation
+from rawgw.observe.usage import extract_usage
+from rawgw.routing.keys import MAX_BACKOFF_FACTOR, Breaker, KeyPool, cooldown_from_headers, parse_duration
+from rawgw.routing.rewrite import RawJSON, rewrite_body
+from rawgw.routing.validate import validate_body
+
+NOW = 1_800_000_000.0
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("1m30s", 90.0), ("20s", 20.0), ("6ms", 0.006), ("0.5s", 0.5), ("2h", 7200.0), ("1h2m3s", 3723.0), ("7", 7.0)],
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "abc", "1x", "s", "1m 30s"])
+def test_parse_duration_rejects(text: str) -> None:
+    assert parse_duration(text) is None
+
+
+def test_cooldown_sources_first_found_wins() -> None:
+    assert cooldown_from_headers([(b"retry-after", b"12")], NOW) == 12.0
+    http_date = formatdate(NOW + 30, usegmt=True).encode()
+    assert cooldown_from_headers([(b"retry-after", http_date)], NOW) == pytest.approx(30.0)
+    assert cooldown_from_headers([(b"x-ratelimit-reset-requests", b"1m30s")], NOW) == 90.0
+    assert cooldown_from_headers([(b"x-ratelimit-reset-tokens", b"6ms")], NOW) == pytest.approx(0.006)
+    ms = str(int((NOW + 45) * 1000)).encode()
+    assert cooldown_from_headers([(b"x-ratelimit-reset", ms)], NOW) == pytest.approx(45.0)
+    rfc3339 = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(NOW + 60)).encode()
+    assert cooldown_from_headers([(b"anthropic-ratelimit-requests-reset", rfc3339)], NOW) == pytest.approx(60.0)
+    # Retry-After wins over the others, whatever their order
+    both = [(b"x-ratelimit-reset-requests", b"5m"), (b"retry-after", b"3")]
+    assert cooldown_from_headers(both, NOW) == 3.0
+    assert cooldown_from_headers([(b"content-type", b"application/json")], NOW) is None
+    assert cooldown_from_headers([(b"retry-after", b"soon")], NOW) is None
+
+
+def test_cooldown_doubles_without_hints_up_to_16x_and_resets_on_success() -> None:
+    pool = KeyPool(["k1"], "first", cooldown_s=10.0)
+    rests = [pool.on_429("k1", [], now=NOW) for _ in range(7)]
+    assert rests == [10.0, 20.0, 40.0, 80.0, 160.0, 160.0, 160.0]
+    assert MAX_BACKOFF_FACTOR == 16
+    pool.on_success("k1")
+    assert pool.on_429("k1", [], now=NOW) == 10.0
+
+
+def test_resting_key_skipped_and_back_after_cooldown() -> None:
+    pool = KeyPool(["a", "b"], "first", cooldown_s=10.0)
+    pool.on_429("a", [(b"retry-after", b"5")], now=NOW)
+    assert pool.available(NOW + 1) == ["b"]
+    assert pool.soonest_return(NOW + 1) == pytest.approx(4.0)
+    assert pool.available(NOW + 5.01) == ["a", "b"]
+
+
+def test_round_robin_rotates_and_disabled_keys_skipped() -> None:
+    pool = KeyPool(["a", "b", "c"], "round-robin", cooldown_s=1.0)
+    assert [pool.order()[0] for _ in range(4)] == ["a", "b", "c", "a"]
+    pool.on_auth_failure("b")
+    assert "b" not in pool.available(NOW)
+    assert pool.soonest_return(NOW) is None  # disabled is not "cooling"
+
+
+def test_state_survives_reload_for_unchanged_keys_and_disabled_come_back() -> None:
+    old = KeyPool(["same", "gone", "bad"], "first", cooldown_s=100.0)
+    old.on_429("same", [], now=time.time())
+    old.on_auth_failure("bad")
+    new = KeyPool(["same", "bad", "new"], "first", cooldown_s=100.0, states=old.states)
+    now = time.time()
+    assert not new.states["same"].available(now)
+    assert new.states["bad"].available(now)
+    assert new.states["new"].available(now)
+
+
+def test_breaker_opens_after_five_failures_then_half_open_probe() -> None:
+    b = Breaker()
+    for i in range(4):
+        b.record_failure(NOW + i)
+        assert b.allow(NOW + i)
+    b.record_failure(NOW + 4)
+    assert b.state(NOW + 5) == "open" and not b.allow(NOW + 5)
+    assert b.state(NOW + 14.1) == "half-open"
+    assert b.allow(NOW + 14.1)  # the one probe
+    assert not b.allow(NOW + 14.2)  # no second probe while the first runs
+    b.record_failure(NOW + 14.3)  # the probe failed: open again
+    assert b.state(NOW + 15) == "open"
+    assert b.allow(NOW + 24.4)
+    b.record_success()
+    assert b.state(NOW + 25) == "closed" and b.allow(NOW + 25)
+
+
+def test_breaker_failures_outside_window_do_not_count() -> None:
+    b = Breaker()
+    for i in range(5):
+        b.record_failure(NOW + i * 10)  # 5 failures over 40 s: never 5 within 30 s
+    assert b.state(NOW + 41) == "closed"
+
+
+def test_retry_after_header_rounds_up_at_least_one() -> None:
+    assert retry_after_header(0.2) == (b"retry-after", b"1")
+    assert retry_after_header(1.0) == (b"retry-after", b"1")
+    assert retry_after_header(1.01) == (b"retry-after", b"2")
+    assert retry_after_header(0) == (b"retry-after", b"1")
+
+
+def test_rewrite_splices_only_the_changed_values() -> None:
+    body = b'{ "model" : "gpt-4o",\n "temperature":1.0, "n":1e0, "big":123456789012345678901234567890,"s":"\\u00e9\\"}" }'
+    out = rewrite_body(body, {"model": "deepseek/deepseek-chat"})
+    assert out == body.replace(b'"gpt-4o"', b'"deepseek/deepseek-chat"')
+
+
+def test_rewrite_appends_missing_member_and_splices_raw_json() -> None:
+    assert rewrite_body(b'{"model":"m"}', {"provider": {"order": ["A"]}}) == b'{"model":"m","provider":{"order":["A"]}}'
+    assert rewrite_body(b"{}", {"model": "x"}) == b'{"model":"x"}'
+    inner = b'{"allow_fallbacks":false , "order":["X"]}'
+    body = b'{"model":"m","provider":' + inner + b"}"
+    new_inner = rewrite_body(inner, {"order": ["A", "B"]})
+    assert new_inner == b'{"allow_fallbacks":false , "order":["A","B"]}'
+    assert rewrite_body(body, {"provider": RawJSON(new_inner)}) == b'{"model":"m","provider":' + new_inner + b"}"
+
+
+def test_rewrite_result_is_valid_json_for_nested_values() -> None:
+    body = b'{"messages":[{"role":"user","content":"{\\"model\\":1}"}],"model":"a","tools":[{"x":[1,{"y":"}"}]}]}'
+    out = rewrite_body(body, {"model": "b"})
+    assert orjson.loads(out)["model"] == "b"
+    assert orjson.loads(out)["messages"] == orjson.loads(body)["messages"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"model": "m"}, "messages"),
+        ({"model": "m", "messages": []}, "messages"),
+        ({"model": "m", "messages": "hi"}, "messages"),
+        ({"model": "m", "messages": ["hi"]}, "messages[0]"),
+        ({"model": "m", "messages": [{"content": "x"}]}, "messages[0].role"),
+        ({"model": "m", "messages": [{"role": "user"}], "temperature": 2.5}, "temperature"),
+        ({"model": "m", "messages": [{"role": "user"}], "temperature": "1"}, "temperature"),
+        ({"model": "m", "messages": [{"role": "user"}], "top_p": 1.5}, "top_p"),
+        ({"model": "m", "messages": [{"role": "user"}], "n": 0}, "n"),
+        ({"model": "m", "messages": [{"role": "user"}], "max_tokens": -1}, "max_tokens"),
+        ({"model": "m", "messages": [{"role": "user"}], "max_tokens": True}, "max_tokens"),
+    ],
+)
+def test_validation_names_the_field(body: dict[str, object], field: str) -> None:
+    with pytest.raises(GatewayError) as info:
+        validate_body("chat/completions", body)
+    assert info.value.status == 400
+    assert info.value.message.startswith(field + ":")
+
+
+def test_validation_accepts_valid_and_other_endpoints() -> None:
+    validate_body("chat/completions", {"model": "m", "messages": [{"role": "user"}], "temperature": 0, "top_p": 1, "n": 2})
+    validate_body("embeddings", {"model": "m", "input": "x"})
+    validate_body("responses", {"model": "m", "input": "x", "max_output_tokens": 5})
+
+
+@pytest.mark.parametrize(
+    ("tail", "expected"),
+    [
+        (b'data: {"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":17}}\n\ndata: [DONE]\n\n', (9, 17)),
+        (b'{"id":"x","usage":{"input_tokens":12,"output_tokens":5},"stop_reason":"end_turn"}', (12, 5)),
+        (b'{"usage": {"prompt_tokens": 3, "completion_tokens": 4, "details": {"usage": 1}}}', (3, 4)),
+        (b'data: {"text":"\\"usage\\": {"}\n\n', None),
+        (b"no usage", None),
+    ],
+)
+def test_extract_usage(tail: bytes, expected: tuple[int, int] | None) -> None:
+    assert extract_usage(tail) == expected
+
+
+@pytest.mark.parametrize(
+    ("head", "problem"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", None),
+        (b"GET / HTTP/1.1\r\nHost:\ta \r\n\r\n", None),
+        (b"GET / HTTP/1.1\nHost: a\r\n\r\n", "bare LF"),
+        (b"GET / HTTP/1.1\r\nHost: a\n\r\n", "bare LF"),
+        (b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n", "folding"),
+        (b"GET / HTTP/1.1\r\nX: a\r\n\tb\r\n\r\n", "folding"),
+    ],
+)
+def test_head_violation(head: bytes, problem: str | None) -> None:
+    found = head_violation(head)
+    assert (found is None) if problem is None else (found is not None and problem in found)
+
+
+def test_head_violation_incremental_scan_catches_split_sequences() -> None:
+    first = b"GET / HTTP/1.1\r\nX: a\r"
+    assert head_violation(first) is None
+    assert head_violation(first + b"\n b", len(first)) is not None  # obs-fold split across reads
+    assert head_violation(first + b"\nY: b\r\n\r\n", len(first)) is None
