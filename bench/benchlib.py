@@ -105,9 +105,9 @@ def tree(pid: int) -> list[int]:
     return [pid, *children(pid)]
 
 
-def cpu_seconds(pids: Iterable[int]) -> float:
-    """utime + stime (seconds) of the given processes, from /proc/PID/stat."""
-    total = 0
+def cpu_split(pids: Iterable[int]) -> tuple[float, float]:
+    """(utime, stime) in seconds of the given processes, from /proc/PID/stat."""
+    user = system = 0
     for pid in pids:
         try:
             raw = Path(f"/proc/{pid}/stat").read_text()
@@ -115,13 +115,24 @@ def cpu_seconds(pids: Iterable[int]) -> float:
             continue
         fields = raw[raw.rindex(")") + 2 :].split()
         # fields[0] is field 3 (state); utime is field 14, stime field 15.
-        total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
+        user += int(fields[11])
+        system += int(fields[12])
+    return user / CLK_TCK, system / CLK_TCK
 
 
-def cpu_seconds_precise(pids: Iterable[int]) -> float:
-    """On-CPU time (seconds) summed over every thread, from /proc/PID/task/*/schedstat (ns)."""
-    total = 0
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """utime + stime (seconds) of the given processes, from /proc/PID/stat."""
+    user, system = cpu_split(pids)
+    return user + system
+
+
+def sched_times(pids: Iterable[int]) -> tuple[float, float]:
+    """(on-CPU, waiting-on-a-runqueue) seconds summed over every thread of ``pids``.
+
+    From /proc/PID/task/*/schedstat (ns). The wait figure tells a gateway that is short of
+    CPU because something else runs on its CPU (a shared machine) from one that is idle.
+    """
+    run = wait = 0
     for pid in pids:
         try:
             tasks = os.listdir(f"/proc/{pid}/task")
@@ -129,10 +140,17 @@ def cpu_seconds_precise(pids: Iterable[int]) -> float:
             continue
         for t in tasks:
             try:
-                total += int(Path(f"/proc/{pid}/task/{t}/schedstat").read_text().split()[0])
+                f = Path(f"/proc/{pid}/task/{t}/schedstat").read_text().split()
+                run += int(f[0])
+                wait += int(f[1])
             except (OSError, ValueError, IndexError):
                 continue
-    return total / 1e9
+    return run / 1e9, wait / 1e9
+
+
+def cpu_seconds_precise(pids: Iterable[int]) -> float:
+    """On-CPU time (seconds) summed over every thread, from /proc/PID/task/*/schedstat (ns)."""
+    return sched_times(pids)[0]
 
 
 def rss_kib(pids: Iterable[int]) -> int:

@@ -40,6 +40,17 @@ Header = tuple[bytes, bytes]
 
 JSON = (b"content-type", b"application/json")
 
+CORS_RESPONSE_HEADERS = frozenset(
+    {
+        b"access-control-allow-origin",
+        b"access-control-allow-credentials",
+        b"access-control-expose-headers",
+        b"access-control-allow-methods",
+        b"access-control-allow-headers",
+        b"access-control-max-age",
+    }
+)
+
 CORS_ALLOW_HEADERS = (
     b"authorization, content-type, x-api-key, anthropic-version, anthropic-beta, "
     b"anthropic-dangerous-direct-browser-access, openai-organization, openai-project, "
@@ -85,13 +96,13 @@ class Gateway:
         self.encoded_keys = [k.key.encode() for k in config.keys]
         self.public_paths = frozenset(config.server.public_paths)
         self.cors_origins = config.server.cors_origins
+        # With CORS on, the gateway's Access-Control-* answer replaces the provider's.
+        self.response_drop = RESPONSE_DROP | CORS_RESPONSE_HEADERS if self.cors_origins else RESPONSE_DROP
         self._authority: dict[str, bytes] = {}
         self._provider_headers: dict[str, list[Header]] = {
             name: [(k.lower().encode(), v.encode()) for k, v in p.headers] for name, p in config.providers.items()
         }
-        self._origins: dict[str, Origin] = {
-            name: Origin(p.scheme, p.host, p.port, p.proxy) for name, p in config.providers.items()
-        }
+        self._origins: dict[str, Origin] = {name: Origin(p.scheme, p.host, p.port, p.proxy) for name, p in config.providers.items()}
         self.chat_logging = config.logging.chat
         c = config.cache
         if not c.enabled:
@@ -148,30 +159,31 @@ class Gateway:
             wait, extra = self.limiter.check(key)
             if wait > 0:
                 self.recorder.metrics.rate_limited[key.name] += 1
-                err = GatewayError(
+                limited = GatewayError(
                     429,
                     f"rate limit of key '{key.name}' exceeded ({key.rate_limit_rpm} requests per minute)",
                     headers=[retry_after_header(wait)],
                     kind="rate_limited",
                 )
-                self._reject(client, request, err, request_id, t0, key, extra)
+                self._reject(client, request, limited, request_id, t0, key, extra)
                 return
         if endpoint.kind == "local":
             self.local.handle(client, request, endpoint, key, request_id, t0, extra)
             return
         if endpoint.kind == "unknown":
-            self._reject(client, request, GatewayError(404, f"unknown path {endpoint.path}", code="unknown_path"), request_id, t0)
+            self._reject(client, request, GatewayError(404, f"unknown path {endpoint.path}", code="unknown_path"), request_id, t0, key, extra)
             return
         if endpoint.kind == "models" and method in (b"GET", b"HEAD"):
             self.local.models(client, request, endpoint, key, request_id, t0, extra)
             return
         if endpoint.kind == "routed":
             if method != b"POST":
-                self._reject(client, request, GatewayError(405, f"{endpoint.path} accepts POST only", headers=[(b"allow", b"POST")]), request_id, t0)
+                self._reject(
+                    client, request, GatewayError(405, f"{endpoint.path} accepts POST only", headers=[(b"allow", b"POST")]), request_id, t0, key, extra)
                 return
             ctype = get_header(request.headers, b"content-type")
             if ctype is not None and b"json" not in ctype.lower():
-                self._reject(client, request, GatewayError(415, "Content-Type must be application/json"), request_id, t0)
+                self._reject(client, request, GatewayError(415, "Content-Type must be application/json"), request_id, t0, key, extra)
                 return
         timeout = self.config.server.request_timeout_s
         asked = get_header(request.headers, b"x-rawgw-timeout")
@@ -238,7 +250,7 @@ class Gateway:
 
     def cache_store(self, ex: Exchange, body: bytes) -> None:
         if self.cache is not None and ex.cache_key is not None:
-            headers = filter_headers(ex.response_headers, RESPONSE_DROP)
+            headers = filter_headers(ex.response_headers, self.response_drop)
             self.cache.put(ex.cache_key, ex.status, headers, body, ex.provider)
 
     # ---- headers added to every response ------------------------------------
@@ -296,8 +308,8 @@ class Gateway:
 
     # ---- observation ---------------------------------------------------------
 
-    def note_upstream_failure(self, ex: Exchange, provider: Provider, err: Exception) -> None:
-        self.recorder.upstream_failure(ex, provider.name, err)
+    def note_upstream_failure(self, ex: Exchange, provider: Provider, err: Exception, status: int | None = None) -> None:
+        self.recorder.upstream_failure(ex, provider.name, err, status)
 
     def record(self, ex: Exchange) -> None:
         self.recorder.request_done(ex)

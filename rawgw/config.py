@@ -401,9 +401,7 @@ class _Parser:
         routes = self.routes(data, providers)
         logging = self.logging(self.table(data, "logging", "logging", _LOGGING_FIELDS))
         cache = self.cache(self.table(data, "cache", "cache", _CACHE_FIELDS))
-        metrics = MetricsConfig(
-            enabled=self.table(data, "metrics", "metrics", _METRICS_FIELDS).get_bool("enabled", True)
-        )
+        metrics = MetricsConfig(enabled=self.table(data, "metrics", "metrics", _METRICS_FIELDS).get_bool("enabled", True))
         if self.errors:
             raise ConfigError(self.errors)
         if path is not None and self.literal_secrets and _readable_by_others(path):

@@ -98,10 +98,7 @@ def summarize(config: Config) -> list[str]:
     lines.append(f"gateway keys ({len(config.keys)}):" + ("" if config.keys else " none, authentication is off"))
     for k in config.keys:
         rate = f"{k.rate_limit_rpm} rpm, burst {k.rate_limit_burst}" if k.rate_limit_rpm else "no rate limit"
-        lines.append(
-            f"  {k.name} ({mask_key(k.key)}): providers {_list(k.providers, 'all')}; "
-            f"models {_list(k.models, 'all')}; {rate}"
-        )
+        lines.append(f"  {k.name} ({mask_key(k.key)}): providers {_list(k.providers, 'all')}; models {_list(k.models, 'all')}; {rate}")
 
     log = config.logging
     lines.append(
@@ -109,10 +106,7 @@ def summarize(config: Config) -> list[str]:
         f"(keep {log.chat_file_limit}), errors {_onoff(log.errors)}"
     )
     cache = config.cache
-    lines.append(
-        f"cache: {_onoff(cache.enabled)}"
-        + (f" (ttl {cache.ttl_s:g} s, {cache.max_entries} entries)" if cache.enabled else "")
-    )
+    lines.append(f"cache: {_onoff(cache.enabled)}" + (f" (ttl {cache.ttl_s:g} s, {cache.max_entries} entries)" if cache.enabled else ""))
     lines.append(f"metrics: {_onoff(config.metrics.enabled)}")
     if config.warnings:
         lines.append(f"warnings ({len(config.warnings)}):")
@@ -345,10 +339,7 @@ def cmd_import(files: list[str], out: str | None) -> int:
         _err(f"rawgw import: cannot write {out_path}: {exc.strerror or exc}")
         return 1
 
-    print(
-        f"wrote {out_path}: {len(merge.providers)} providers, {len(merge.routes)} routes, "
-        f"{len(merge.keys)} gateway keys"
-    )
+    print(f"wrote {out_path}: {len(merge.providers)} providers, {len(merge.routes)} routes, {len(merge.keys)} gateway keys")
     for line in summaries:
         print(line)
     if merge.exports:
@@ -442,11 +433,7 @@ def _import_virtual_keys(vkeys: Any, merge: _Merge) -> str:
             merge.notes.append(f"virtual_keys.{name}: ignored {', '.join(ignored)} (no rawgw equivalent)")
         ref = merge.secret(api_key, f"RAWGW_VK_{_env_token(name)}", f"api_key of virtual key {name}")
         provider = next(
-            (
-                p
-                for p, t in merge.providers.items()
-                if p in merge.vk_providers and t["type"] == ptype and t["keys"] == [ref]
-            ),
+            (p for p, t in merge.providers.items() if p in merge.vk_providers and t["type"] == ptype and t["keys"] == [ref]),
             None,
         )
         if provider is None:
@@ -497,8 +484,7 @@ def _import_priority_router(doc: dict[str, Any], merge: _Merge) -> str:
                 table["read_timeout_s"] = timeout
             if "max_retries" in entry and not any("max_retries" in n for n in merge.notes):
                 merge.notes.append(
-                    "max_retries is not imported: rawgw tries each key of each candidate provider once, "
-                    "before any byte reaches the client"
+                    "max_retries is not imported: rawgw tries each key of each candidate provider once, before any byte reaches the client"
                 )
             merge.providers[name] = table
             count += 1
@@ -543,9 +529,7 @@ def _import_dotenv(text: str, merge: _Merge) -> str:
     env = {k: v for k, v in parse_dotenv(text).items() if v != ""}
     known = [k for k in _DOTENV_KNOWN if k in env]
     if not known:
-        raise ImportFailed(
-            "not a recognised format: not JSON, and no .env setting rawgw imports (" + ", ".join(_DOTENV_KNOWN) + ")"
-        )
+        raise ImportFailed("not a recognised format: not JSON, and no .env setting rawgw imports (" + ", ".join(_DOTENV_KNOWN) + ")")
     ignored = sorted(set(env) - set(_DOTENV_KNOWN))
     if ignored:
         merge.notes.append(".env settings not imported: " + ", ".join(ignored))
@@ -564,10 +548,7 @@ def _import_dotenv(text: str, merge: _Merge) -> str:
             table["base_url"] = url.rstrip("/")
         var = f"RAWGW_{_env_token(name)}_KEY"
         if pool:
-            table["keys"] = [
-                merge.secret(key, f"{var}_{i}", f"key {i} of the .env upstream key pool")
-                for i, key in enumerate(pool, 1)
-            ]
+            table["keys"] = [merge.secret(key, f"{var}_{i}", f"key {i} of the .env upstream key pool") for i, key in enumerate(pool, 1)]
         else:
             table["keys"] = [merge.placeholder(f"{var}_1", f"a key for {url or 'the upstream'}")]
         merge.providers[name] = table

@@ -17,7 +17,25 @@ import orjson
 from rawgw.config import parse_config
 
 DEMO_KEY = "demo-gateway-key"
-DEMO_WORDS = "Hello! I am the rawgw demo model. Every byte of this answer passed through the gateway untouched.".split(" ")
+DEMO_WORDS = [
+    "Hello!",
+    "I",
+    "am",
+    "the",
+    "rawgw",
+    "demo",
+    "model.",
+    "Every",
+    "byte",
+    "of",
+    "this",
+    "answer",
+    "passed",
+    "through",
+    "the",
+    "gateway",
+    "untouched.",
+]
 
 
 class MockUpstream(asyncio.Protocol):
@@ -227,7 +245,7 @@ Ctrl-C stops it.""",
     print()
     print(body.decode())
     ok = head.startswith(b"HTTP/1.1 200")
-    print("\n--- the same, with \"stream\": true (chunks printed as they arrive) ---")
+    print('\n--- the same, with "stream": true (chunks printed as they arrive) ---')
     stream_req = orjson.dumps({"model": "gpt-4", "stream": True, "messages": [{"role": "user", "content": "Say hello"}]})
     shead, sbody = await _raw_post(gw_port, stream_req)
     print(shead.decode("latin-1").strip())

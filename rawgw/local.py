@@ -89,7 +89,13 @@ class LocalEndpoints:
             for k in pool.keys:
                 st = pool.states[k]
                 state = "disabled" if st.disabled else "cooling" if st.cooldown_until > now else "active"
-                entry: dict[str, Any] = {"key": mask_key(k), "state": state, "requests": st.requests, "rate_limited": st.rate_limited, "failures": st.failures}
+                entry: dict[str, Any] = {
+                    "key": mask_key(k),
+                    "state": state,
+                    "requests": st.requests,
+                    "rate_limited": st.rate_limited,
+                    "failures": st.failures,
+                }
                 if state == "cooling":
                     entry["cooldown_s"] = round(st.cooldown_until - now, 1)
                 keys.append(entry)
@@ -163,7 +169,9 @@ class LocalEndpoints:
         headers += auth + self.gw.provider_headers(provider)
         request = h11.Request(method=b"GET", target=path.encode(), headers=headers)
         try:
-            status, _, body = await fetch(self.gw.origin_pool(provider), request, provider.connect_timeout_s, min(provider.first_byte_timeout_s, 30.0))
+            status, _, body = await fetch(
+                self.gw.origin_pool(provider), request, provider.connect_timeout_s, min(provider.first_byte_timeout_s, 30.0)
+            )
             if status != 200:
                 raise ValueError(f"status {status}")
             data = orjson.loads(body)

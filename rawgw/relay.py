@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import h11
 
 from rawgw.errors import GatewayError
-from rawgw.http.headers import REQUEST_DROP, RESPONSE_DROP, filter_headers, get_header
+from rawgw.http.headers import REQUEST_DROP, filter_headers, get_header
 from rawgw.observe.usage import extract_usage
 from rawgw.upstream.connection import UpstreamConnection, UpstreamError
 from rawgw.upstream.fetch import BodyCollector
@@ -53,48 +53,48 @@ class Exchange:
     """One request: its body, its attempts, and the response relay (both sinks)."""
 
     __slots__ = (
-        "gw",
-        "client",
-        "request",
-        "endpoint",
-        "key",
-        "request_id",
-        "t0",
-        "deadline",
+        "attempts",
+        "body_done",
         "body_parts",
         "body_size",
-        "body_done",
         "body_waiter",
-        "upload",
-        "upstream",
-        "task",
-        "streaming",
-        "finished",
-        "attempts",
-        "provider",
-        "status",
-        "outcome",
         "bytes_in",
         "bytes_out",
-        "t_sent",
-        "t_head",
-        "client_model",
-        "upstream_model",
-        "stream",
-        "error",
-        "response_headers",
-        "connect_s",
-        "overhead_s",
-        "first_piece",
-        "tail",
-        "tail_size",
-        "collected",
-        "collected_size",
         "cache_key",
         "cache_status",
+        "client",
+        "client_model",
+        "collected",
+        "collected_size",
+        "connect_s",
+        "deadline",
+        "endpoint",
+        "error",
         "extra_headers",
-        "usage",
+        "finished",
+        "first_piece",
+        "gw",
+        "key",
+        "outcome",
+        "overhead_s",
+        "provider",
+        "request",
         "request_body",
+        "request_id",
+        "response_headers",
+        "status",
+        "stream",
+        "streaming",
+        "t0",
+        "t_head",
+        "t_sent",
+        "tail",
+        "tail_size",
+        "task",
+        "upload",
+        "upstream",
+        "upstream_model",
+        "usage",
     )
 
     def __init__(
@@ -307,7 +307,7 @@ class Exchange:
             wait = min(provider.first_byte_timeout_s, self.deadline - self.t_sent)
             try:
                 head = await asyncio.wait_for(head_future, max(wait, 0.0))
-            except (asyncio.TimeoutError, UpstreamError) as exc:
+            except (TimeoutError, UpstreamError) as exc:
                 conn.detach()
                 self.upstream = self.upload = None
                 pool.on_failure(key)
@@ -326,13 +326,15 @@ class Exchange:
             if status in RETRYABLE or status in KEY_DISABLING:
                 following = next(attempts, None)
                 if following is not None:
-                    gw.note_upstream_failure(self, provider, UpstreamError("status", f"upstream '{provider.name}' answered {status}"))
+                    gw.note_upstream_failure(
+                        self, provider, UpstreamError("status", f"upstream '{provider.name}' answered {status}"), status
+                    )
                     # Keep this answer: if every later attempt fails to answer at
                     # all, the client gets it as it was (SPEC 5.3).
-                    body = await self._read_error_body(conn)
+                    saved = await self._read_error_body(conn)
                     self.upstream = self.upload = None
-                    if body is not None:
-                        last_response = (head, body, provider)
+                    if saved is not None:
+                        last_response = (head, saved, provider)
                     pair = following
                     continue
             self._start_response(head, conn, provider)
@@ -352,7 +354,7 @@ class Exchange:
         conn.stream_to(collector)
         try:
             return await asyncio.wait_for(collector.done, max(0.0, min(ERROR_BODY_WAIT_S, self.deadline - perf_counter())))
-        except (asyncio.TimeoutError, UpstreamError):
+        except (TimeoutError, UpstreamError):
             conn.detach()
             return None
 
@@ -361,9 +363,13 @@ class Exchange:
         self.provider = provider.name
         self.status = head.status_code
         self.response_headers = list(head.headers)
-        headers = filter_headers(self.response_headers, RESPONSE_DROP)
+        headers = filter_headers(self.response_headers, self.gw.response_drop)
+        if self.extra_headers:
+            own = {name for name, _ in self.extra_headers}
+            headers = [h for h in headers if h[0] not in own]
         headers.extend(self.gw.response_extras(self, routed=True))
         self.bytes_out = len(body)
+        self.error = f"every attempt failed; the last upstream answer ({head.status_code} from '{provider.name}') was returned"
         self.client.send_response(head.status_code, headers, body)
         self._finish("upstream_error")
 
@@ -427,7 +433,11 @@ class Exchange:
         self.provider = provider.name
         self.status = head.status_code
         upstream_headers = list(head.headers)
-        headers = filter_headers(upstream_headers, RESPONSE_DROP)
+        headers = filter_headers(upstream_headers, self.gw.response_drop)
+        if self.extra_headers:
+            # the gateway's own x-ratelimit-* replace the provider's of the same name
+            own = {name for name, _ in self.extra_headers}
+            headers = [h for h in headers if h[0] not in own]
         cl = get_header(upstream_headers, b"content-length")
         if cl is not None:
             # SPEC 6: the body passes unchanged, so its length stays.

@@ -135,7 +135,7 @@ async def serve_forever(
         loop.add_signal_handler(sig, on_stop)
     if config_path is not None:
         loop.add_signal_handler(signal.SIGHUP, server.reload, config_path)
-    for warning in (config.warnings if config_path is not None else ()):
+    for warning in config.warnings if config_path is not None else ():
         log.warning("%s", warning)
     if announce is not None:
         announce(server)

@@ -95,7 +95,8 @@ def run_workers(config: Config, path: str, host: str, port: int, workers: int) -
             _stop_all(children, signal.SIGTERM)
             return 1
     shown = f"[{host}]" if ":" in host else host
-    print(f"rawgw listening on http://{shown}:{port} ({workers} workers)", flush=True)
+    print(f"rawgw listening on http://{shown}:{port}", flush=True)
+    print(f"rawgw: {workers} workers share the port (SO_REUSEPORT)", file=sys.stderr, flush=True)
     stopping = False
     while children:
         info = signal.sigtimedwait(SIGNALS, 1.0)

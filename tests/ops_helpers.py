@@ -13,6 +13,7 @@ functions
     await scrape(port, key=GW_KEY) -> (Response, Samples)
     parse_metrics(text) -> Samples                      prometheus_client's own parser
     child_pids(pid) -> list[int]                        direct children of a process (/proc)
+    listening_sockets(port) -> int                      sockets in LISTEN on a port (/proc/net/tcp)
     ProcGateway                                         a gateway started by hand (extra CLI args,
                                                         e.g. --workers), stopped in ``finally``
 """
@@ -65,7 +66,14 @@ def sse_chat(texts: Iterable[str], usage: tuple[int, int] | None = None, model: 
     pieces = []
     for t in texts:
         pieces.append(
-            sse_event({"id": "c1", "object": "chat.completion.chunk", "model": model, "choices": [{"index": 0, "delta": {"content": t}, "finish_reason": None}]})
+            sse_event(
+                {
+                    "id": "c1",
+                    "object": "chat.completion.chunk",
+                    "model": model,
+                    "choices": [{"index": 0, "delta": {"content": t}, "finish_reason": None}],
+                }
+            )
         )
     if usage is not None:
         pieces.append(
@@ -143,9 +151,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-async def jsonl_records(
-    path: Path, pred: Callable[[list[dict[str, Any]]], Any], timeout: float = 5.0
-) -> list[dict[str, Any]]:
+async def jsonl_records(path: Path, pred: Callable[[list[dict[str, Any]]], Any], timeout: float = 5.0) -> list[dict[str, Any]]:
     """Poll the JSON-lines file until ``pred(records)`` is truthy (logs come from a thread)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -159,9 +165,7 @@ async def jsonl_records(
 
 async def access_record(logs_dir: Path, request_id: str, timeout: float = 5.0) -> dict[str, Any]:
     """The single access.jsonl object of ``request_id``."""
-    recs = await jsonl_records(
-        logs_dir / "access.jsonl", lambda rs: any(r.get("request_id") == request_id for r in rs), timeout
-    )
+    recs = await jsonl_records(logs_dir / "access.jsonl", lambda rs: any(r.get("request_id") == request_id for r in rs), timeout)
     mine = [r for r in recs if r.get("request_id") == request_id]
     assert len(mine) == 1, mine
     return mine[0]
@@ -184,9 +188,7 @@ class Metrics:
         return {lbl: v for (n, lbl), v in self.samples.items() if n == name}
 
     def total(self, name: str, **match: str) -> float:
-        return sum(
-            v for (n, lbl), v in self.samples.items() if n == name and all((k, m) in lbl for k, m in match.items())
-        )
+        return sum(v for (n, lbl), v in self.samples.items() if n == name and all((k, m) in lbl for k, m in match.items()))
 
 
 def parse_metrics(text: str) -> Metrics:
@@ -232,6 +234,21 @@ def pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def listening_sockets(port: int) -> int:
+    """How many sockets listen on ``port`` (Linux /proc/net/tcp{,6}, state 0A)."""
+    n = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                n += 1
+    return n
+
+
 LISTEN_RE = re.compile(r"^rawgw listening on http://(?P<host>[^\s:]+):(?P<port>\d+)")
 
 
@@ -261,9 +278,21 @@ class ProcGateway:
         env.pop("RAWGW_CONFIG", None)
         with open(stderr_path, "wb") as err:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "rawgw", "serve", "-c", str(config_path), "--port", "0", *args,
-                cwd=str(cwd), env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=err, start_new_session=True,
+                sys.executable,
+                "-m",
+                "rawgw",
+                "serve",
+                "-c",
+                str(config_path),
+                "--port",
+                "0",
+                *args,
+                cwd=str(cwd),
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=err,
+                start_new_session=True,
             )
         gw = cls(proc, cwd, config_path, stderr_path)
         assert proc.stdout is not None

@@ -8,6 +8,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from conftest import GW_KEY, UPSTREAM_KEY, StartGateway, base_config, chat_request, free_port, raw_connection
 from mock_upstream import Json, MockUpstream, ResetMidBody, Sse, Stall
@@ -22,9 +23,25 @@ from ops_helpers import (
 )
 
 ACCESS_FIELDS = {
-    "time", "request_id", "method", "path", "status", "duration_ms", "upstream_ttfb_ms", "provider",
-    "key_name", "client_model", "upstream_model", "attempts", "bytes_in", "bytes_out", "stream",
-    "prompt_tokens", "completion_tokens", "cache", "outcome",
+    "time",
+    "request_id",
+    "method",
+    "path",
+    "status",
+    "duration_ms",
+    "upstream_ttfb_ms",
+    "provider",
+    "key_name",
+    "client_model",
+    "upstream_model",
+    "attempts",
+    "bytes_in",
+    "bytes_out",
+    "stream",
+    "prompt_tokens",
+    "completion_tokens",
+    "cache",
+    "outcome",
 }
 
 ALIAS = {"routes": [{"match": "alias", "model": "up-model"}]}
@@ -46,8 +63,8 @@ async def test_access_log_non_streaming_fields(start_gateway: StartGateway, mock
     r = await call(gw.port, body, headers=rid_headers("acc-plain-1"))
     assert r.status == 200 and r.body == answer
     rec = await access_record(gw.logs_dir, "acc-plain-1")
-    assert ACCESS_FIELDS <= set(rec), sorted(ACCESS_FIELDS - set(rec))
-    assert t_before - 1 <= rec["time"] <= time.time() + 1, rec["time"]
+    assert set(rec) >= ACCESS_FIELDS, sorted(ACCESS_FIELDS - set(rec))
+    assert abs(rec["time"] - t_before) < 5, rec["time"]
     expected = {
         "request_id": "acc-plain-1",
         "method": "POST",
@@ -96,15 +113,20 @@ async def test_access_log_stream_usage_from_last_event(start_gateway: StartGatew
     assert r.status == 200 and r.body == b"".join(pieces)
     rec = await access_record(gw.logs_dir, "acc-stream-1")
     expected = {
-        "status": 200, "stream": True, "prompt_tokens": 23, "completion_tokens": 31, "outcome": "ok",
-        "bytes_in": len(body), "bytes_out": len(b"".join(pieces)), "attempts": 1, "provider": "mock",
+        "status": 200,
+        "stream": True,
+        "prompt_tokens": 23,
+        "completion_tokens": 31,
+        "outcome": "ok",
+        "bytes_in": len(body),
+        "bytes_out": len(b"".join(pieces)),
+        "attempts": 1,
+        "provider": "mock",
     }
     assert {k: rec[k] for k in expected} == expected, rec
 
 
-async def test_access_log_stream_usage_event_split_over_small_chunks(
-    start_gateway: StartGateway, mock_upstream: MockUpstream
-) -> None:
+async def test_access_log_stream_usage_event_split_over_small_chunks(start_gateway: StartGateway, mock_upstream: MockUpstream) -> None:
     """The usage event arrives cut into several small chunks (an intermediary re-chunking
     the stream, or a server writing `data: `, the JSON and the blank line separately):
     the tokens are still counted (README: usage from the last SSE events)."""
@@ -217,17 +239,19 @@ def chat_files(logs_dir: Path) -> list[Path]:
     return sorted(d.glob("*.json")) if d.is_dir() else []
 
 
-async def chat_file_of(logs_dir: Path, rid: str) -> dict:
+async def chat_file_of(logs_dir: Path, rid: str) -> dict[str, Any]:
     def find() -> Path | None:
         return next((p for p in chat_files(logs_dir) if p.name.endswith(f"_{rid}.json")), None)
 
     path = await wait_until(find, what=f"chat log of {rid}")
-    return await wait_until(lambda: _load(path), what=f"complete JSON in {path}")
+    doc: dict[str, Any] = await wait_until(lambda: _load(path), what=f"complete JSON in {path}")
+    return doc
 
 
-def _load(path: Path) -> dict | None:
+def _load(path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_text())
+        doc: dict[str, Any] = json.loads(path.read_text())
+        return doc
     except (ValueError, FileNotFoundError):
         return None
 

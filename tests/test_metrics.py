@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable
+from typing import Any
 
 from conftest import GW_KEY, StartGateway, assert_gateway_error, base_config, chat_request, raw_connection
 from mock_upstream import Json, MockUpstream, Sse
@@ -45,7 +47,7 @@ async def test_metrics_format_and_families(start_gateway: StartGateway, mock_ups
 
 
 async def test_metrics_after_traffic(start_gateway: StartGateway, mock_upstream: MockUpstream) -> None:
-    keys = [
+    keys: list[dict[str, Any]] = [
         {"key": GW_KEY, "name": "tester"},
         {"key": LIMITED_KEY, "name": "limited", "rate_limit_rpm": 60, "rate_limit_burst": 1},
     ]
@@ -100,9 +102,7 @@ async def test_metrics_after_traffic(start_gateway: StartGateway, mock_upstream:
 
 
 async def test_metrics_key_disabled_after_401(start_gateway: StartGateway, mock_upstream: MockUpstream) -> None:
-    gw = await start_gateway(
-        base_config(mock_upstream, provider={"keys": ["sk-upstream-key-aaaa1111", KEY2], "key_strategy": "first"})
-    )
+    gw = await start_gateway(base_config(mock_upstream, provider={"keys": ["sk-upstream-key-aaaa1111", KEY2], "key_strategy": "first"}))
     mock_upstream.enqueue(Json(status=401, body=b'{"error":"bad key"}'))
     r = await call(gw.port, chat_body())
     assert (r.status, r.header("x-rawgw-attempts")) == (200, "2")
@@ -133,8 +133,8 @@ async def test_metrics_open_connections(start_gateway: StartGateway, mock_upstre
     await wait_until(lambda: _eq(open_now(), 1), what="rawgw_open_connections back to 1")
 
 
-async def _eq(value: object, expected: float) -> bool:
-    return (await value) == expected  # type: ignore[misc]
+async def _eq(value: Awaitable[float | None], expected: float) -> bool:
+    return (await value) == expected
 
 
 async def test_metrics_active_streams(start_gateway: StartGateway, mock_upstream: MockUpstream) -> None:

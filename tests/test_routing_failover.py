@@ -75,15 +75,14 @@ async def test_retryable_status_fails_over_to_next_provider(
     if stream:
         assert r.header("content-type") == "text/event-stream"
         assert r.header("x-accel-buffering") == "no"
+        assert r.header("cache-control") == "no-cache"
     assert len(p1.requests) == 1 and len(p2.requests) == 1
     assert p1.requests[0].body == p2.requests[0].body == body(stream)
     assert bearer_key(p1.requests[0]) == KEY_A and bearer_key(p2.requests[0]) == KEY_B
 
 
 @pytest.mark.parametrize("status", [429, 500, 503, 529])
-async def test_retryable_status_fails_over_to_next_key_first(
-    start_gateway: StartGateway, ups: list[MockUpstream], status: int
-) -> None:
+async def test_retryable_status_fails_over_to_next_key_first(start_gateway: StartGateway, ups: list[MockUpstream], status: int) -> None:
     p1, p2, _ = ups
     gw = await start_gateway(
         cfg(
@@ -182,9 +181,7 @@ async def test_exhausted_gives_last_upstream_response_as_it_was(start_gateway: S
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
-async def test_exhausted_by_connect_errors_is_502_json(
-    start_gateway: StartGateway, ups: list[MockUpstream], stream: bool
-) -> None:
+async def test_exhausted_by_connect_errors_is_502_json(start_gateway: StartGateway, ups: list[MockUpstream], stream: bool) -> None:
     gw = await start_gateway(
         cfg(
             {"p1": prov(dead_url()), "p2": prov(dead_url(), keys=[KEY_B])},
@@ -218,33 +215,31 @@ async def test_exhausted_by_timeouts_is_504_json(start_gateway: StartGateway, up
     assert len(p1.requests) == 1 and len(p2.requests) == 1
 
 
-async def test_exhausted_after_an_answer_then_connect_error_gives_that_answer(
-    start_gateway: StartGateway, ups: list[MockUpstream]
+@pytest.mark.parametrize("then", ["connect-refused", "first-byte-timeout"])
+async def test_exhausted_after_an_answer_then_no_answer_gives_that_answer(
+    start_gateway: StartGateway, ups: list[MockUpstream], then: str
 ) -> None:
     """SPEC 5.3 "All exhausted: the last upstream response, or 502/504": p1 answered 503,
-    p2 could not be reached — the last upstream response is p1's 503, as it was."""
-    p1, _, _ = ups
-    gw = await start_gateway(
-        cfg(
-            {"p1": prov(p1), "p2": prov(dead_url(), keys=[KEY_B])},
-            routes=[{"match": "*", "providers": ["p1", "p2"]}],
-        )
-    )
-    p1.enqueue(Json(status=503, body=b'{"error":"p1 overloaded"}'))
+    p2 gave no answer — the last upstream response is p1's 503, as it was."""
+    p1, p2, _ = ups
+    second = prov(dead_url(), keys=[KEY_B]) if then == "connect-refused" else prov(p2, keys=[KEY_B], first_byte_timeout_s=0.2)
+    gw = await start_gateway(cfg({"p1": prov(p1), "p2": second}, routes=[{"match": "*", "providers": ["p1", "p2"]}]))
+    p1.enqueue(Json(status=503, body=b'{"error":"p1 overloaded"}', headers=[("X-From", "p1")]))
+    p2.enqueue(Stall(seconds=None))
     r = await call(gw, chat("m"))
     assert r.status == 503, (r.status, r.body)
     assert r.body == b'{"error":"p1 overloaded"}'
+    assert r.header("x-from") == "p1"
     assert r.header("x-rawgw-provider") == "p1"
     assert r.header("x-rawgw-attempts") == "2"
+    assert_wire_invariants(r)
 
 
 # --------------------------------------------------------------------------- not retried
 
 
 @pytest.mark.parametrize("status", [400, 404, 422])
-async def test_client_error_from_upstream_is_not_retried(
-    start_gateway: StartGateway, ups: list[MockUpstream], status: int
-) -> None:
+async def test_client_error_from_upstream_is_not_retried(start_gateway: StartGateway, ups: list[MockUpstream], status: int) -> None:
     p1, p2, _ = ups
     gw = await start_gateway(two(p1, p2))
     p1.enqueue(Json(status=status, body=b'{"error":{"message":"bad request from p1"}}', headers=[("X-P1", "yes")]))
@@ -258,9 +253,7 @@ async def test_client_error_from_upstream_is_not_retried(
     assert len(p1.requests) == 1
 
 
-async def test_success_after_failover_has_no_leftover_from_failed_attempt(
-    start_gateway: StartGateway, ups: list[MockUpstream]
-) -> None:
+async def test_success_after_failover_has_no_leftover_from_failed_attempt(start_gateway: StartGateway, ups: list[MockUpstream]) -> None:
     p1, p2, _ = ups
     gw = await start_gateway(two(p1, p2))
     p1.enqueue(Json(status=500, body=b"p1-error-body", headers=[("X-From-P1", "1")]))
@@ -300,9 +293,7 @@ async def test_client_timeout_header_bounds_the_whole_chain(start_gateway: Start
     assert p1.requests[0].header("x-rawgw-timeout") is None
 
 
-async def test_chunked_client_body_is_resent_identically_on_failover(
-    start_gateway: StartGateway, ups: list[MockUpstream]
-) -> None:
+async def test_chunked_client_body_is_resent_identically_on_failover(start_gateway: StartGateway, ups: list[MockUpstream]) -> None:
     p1, p2, _ = ups
     gw = await start_gateway(two(p1, p2))
     p1.enqueue(Json(status=503, body=b"{}"))
@@ -359,3 +350,23 @@ async def test_messages_fail_over_between_anthropic_providers(start_gateway: Sta
     assert a2.requests[0].target == b"/v1/messages"
     await settle(0.05)
     assert oa.requests == []
+
+
+async def test_provider_key_pair_tried_at_most_once_per_request(start_gateway: StartGateway, ups: list[MockUpstream]) -> None:
+    """SPEC 5.3: a provider/key pair is tried at most once per request, even when a route
+    names a provider twice."""
+    p1, p2, _ = ups
+    gw = await start_gateway(
+        cfg(
+            {"p1": prov(p1, keys=[KEY_A]), "p2": prov(p2, keys=[KEY_B])},
+            routes=[{"match": "*", "providers": ["p1", "p2", "p1"]}],
+        )
+    )
+    p1.default = Json(status=503, body=b"p1 busy")
+    p2.enqueue(Json(status=503, body=b"p2 busy"))
+    r = await call(gw, chat("m"))
+    await settle()
+    assert (len(p1.requests), len(p2.requests)) == (1, 1)
+    assert routed_by(r) == ("p2", "2")
+    assert r.status == 503
+    assert r.body == b"p2 busy"

@@ -77,9 +77,7 @@ async def test_random_strategy_uses_every_key(start_gateway: StartGateway, ups: 
 # --------------------------------------------------------------------------- 429 cooldown
 
 
-async def test_429_with_retry_after_rests_the_key_until_cooldown_ends(
-    start_gateway: StartGateway, ups: list[MockUpstream]
-) -> None:
+async def test_429_with_retry_after_rests_the_key_until_cooldown_ends(start_gateway: StartGateway, ups: list[MockUpstream]) -> None:
     p1, _, _ = ups
     gw = await start_gateway(cfg({"p1": prov(p1, keys=[KEY_A, KEY_B], key_strategy="first")}))
     p1.enqueue(Json(status=429, body={"error": "slow down"}, headers=[("Retry-After", "1")]))
@@ -126,9 +124,7 @@ async def test_429_round_robin_skips_resting_key(start_gateway: StartGateway, up
     assert set(later) == {KEY_A, KEY_B, KEY_C} - {resting}
 
 
-async def test_all_keys_resting_gives_429_at_once_without_contacting_upstream(
-    start_gateway: StartGateway, ups: list[MockUpstream]
-) -> None:
+async def test_all_keys_resting_gives_429_at_once_without_contacting_upstream(start_gateway: StartGateway, ups: list[MockUpstream]) -> None:
     p1, _, _ = ups
     gw = await start_gateway(cfg({"p1": prov(p1, keys=[KEY_A, KEY_B])}))
     p1.enqueue(
@@ -164,9 +160,7 @@ async def test_all_keys_resting_gives_429_at_once_without_contacting_upstream(
     assert len(p1.requests) == 3
 
 
-async def test_all_resting_retry_after_is_the_soonest_return_rounded_up(
-    start_gateway: StartGateway, ups: list[MockUpstream]
-) -> None:
+async def test_all_resting_retry_after_is_the_soonest_return_rounded_up(start_gateway: StartGateway, ups: list[MockUpstream]) -> None:
     p1, p2, _ = ups
     gw = await start_gateway(cfg({"p1": prov(p1, priority=1), "p2": prov(p2, priority=2, keys=[KEY_B])}))
     p1.enqueue(Json(status=429, body=b"{}", headers=[("Retry-After", "30")]))
@@ -198,6 +192,17 @@ async def test_resting_provider_is_skipped_for_the_next_one(start_gateway: Start
     assert a.get("rate_limited", 1) == 1
 
 
+async def test_gateway_retry_after_is_at_least_one_second(start_gateway: StartGateway, ups: list[MockUpstream]) -> None:
+    p1, _, _ = ups
+    gw = await start_gateway(cfg({"p1": prov(p1)}))
+    p1.enqueue(Json(status=429, body=b"{}", headers=[("x-ratelimit-reset-requests", "800ms")]))
+    assert (await call(gw, chat("m"))).status == 429
+    r = await call(gw, chat("m"))
+    assert_gateway_error(r, 429)
+    assert r.header("retry-after") == "1"
+    assert len(p1.requests) == 1
+
+
 def _http_date(seconds_ahead: float) -> str:
     return format_datetime(datetime.now(UTC) + timedelta(seconds=seconds_ahead), usegmt=True)
 
@@ -206,33 +211,40 @@ def _rfc3339(seconds_ahead: float) -> str:
     return (datetime.now(UTC) + timedelta(seconds=seconds_ahead)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-@pytest.mark.parametrize(
-    ("headers", "expected"),
-    [
-        pytest.param(lambda: [("Retry-After", "7")], 7, id="retry-after-seconds"),
-        pytest.param(lambda: [("Retry-After", _http_date(60))], 60, id="retry-after-http-date"),
-        pytest.param(lambda: [("x-ratelimit-reset-requests", "1m30s")], 90, id="x-ratelimit-reset-requests"),
-        pytest.param(lambda: [("x-ratelimit-reset-tokens", "20s")], 20, id="x-ratelimit-reset-tokens"),
-        pytest.param(lambda: [("X-RateLimit-Reset", str(int((time.time() + 45) * 1000)))], 45, id="x-ratelimit-reset-ms"),
-        pytest.param(lambda: [("anthropic-ratelimit-requests-reset", _rfc3339(50))], 50, id="anthropic-reset"),
-        pytest.param(list, 33, id="cooldown_s"),
-        pytest.param(lambda: [("x-ratelimit-reset-requests", "1m"), ("Retry-After", "7")], 7, id="retry-after-wins"),
-    ],
-)
-async def test_cooldown_sources(start_gateway: StartGateway, ups: list[MockUpstream], headers, expected: float) -> None:  # type: ignore[no-untyped-def]
+COOLDOWN_SOURCES = [
+    # (name, headers of the 429, expected rest in seconds)
+    ("retry-after-seconds", lambda: [("Retry-After", "7")], 7),
+    ("retry-after-http-date", lambda: [("Retry-After", _http_date(60))], 60),
+    ("x-ratelimit-reset-requests", lambda: [("x-ratelimit-reset-requests", "1m30s")], 90),
+    ("x-ratelimit-reset-tokens", lambda: [("x-ratelimit-reset-tokens", "20s")], 20),
+    ("x-ratelimit-reset-ms", lambda: [("X-RateLimit-Reset", str(int((time.time() + 45) * 1000)))], 45),
+    ("anthropic-reset", lambda: [("anthropic-ratelimit-requests-reset", _rfc3339(50))], 50),
+    ("cooldown_s", list, 33),
+    ("retry-after-wins", lambda: [("x-ratelimit-reset-requests", "1m"), ("Retry-After", "7")], 7),
+]
+
+
+async def test_cooldown_sources(start_gateway: StartGateway, ups: list[MockUpstream]) -> None:
+    """SPEC 8: the cooldown comes from the first source found; one provider per source,
+    all on one mock, each reached through its own route."""
     p1, _, _ = ups
-    gw = await start_gateway(cfg({"p1": prov(p1, keys=[KEY_A], cooldown_s=33)}))
-    p1.enqueue(Json(status=429, body=b"{}", headers=headers()))
-    r = await call(gw, chat("m"))
-    assert r.status == 429
-    (state,) = await health_keys(gw, "p1")
-    assert state["state"] == "cooling", state
-    assert abs(float(state["cooldown_s"]) - expected) <= 2.0, (state, expected)
+    providers = {f"s{i}": prov(p1, keys=[f"sk-source-key-{i:04d}-zzzz"], cooldown_s=33) for i in range(len(COOLDOWN_SOURCES))}
+    routes = [{"match": f"model-{i}", "providers": [f"s{i}"]} for i in range(len(COOLDOWN_SOURCES))]
+    gw = await start_gateway(cfg(providers, routes=routes))
+    for i, (_, headers, _) in enumerate(COOLDOWN_SOURCES):
+        p1.enqueue(Json(status=429, body=b"{}", headers=headers()))
+        r = await call(gw, chat(f"model-{i}"))
+        assert r.status == 429
+        assert routed_by(r) == (f"s{i}", "1")
+    wrong = []
+    for i, (name, _, expected) in enumerate(COOLDOWN_SOURCES):
+        (state,) = await health_keys(gw, f"s{i}")
+        if state["state"] != "cooling" or abs(float(state["cooldown_s"]) - expected) > 2.0:
+            wrong.append((name, expected, state))
+    assert wrong == []
 
 
-async def test_cooldown_doubles_on_repeated_429_and_resets_on_success(
-    start_gateway: StartGateway, ups: list[MockUpstream]
-) -> None:
+async def test_cooldown_doubles_on_repeated_429_and_resets_on_success(start_gateway: StartGateway, ups: list[MockUpstream]) -> None:
     p1, _, _ = ups
     gw = await start_gateway(cfg({"p1": prov(p1, keys=[KEY_A], cooldown_s=0.3)}))
     p1.enqueue(
@@ -293,9 +305,7 @@ async def test_auth_failure_of_only_key_is_passed_through_then_503(start_gateway
     assert len(p1.requests) == 1
 
 
-async def test_reload_brings_disabled_keys_back_and_keeps_cooldowns(
-    start_gateway: StartGateway, ups: list[MockUpstream]
-) -> None:
+async def test_reload_brings_disabled_keys_back_and_keeps_cooldowns(start_gateway: StartGateway, ups: list[MockUpstream]) -> None:
     """SPEC 7 / issue 3: 401/403 disables a key *until reload*; cooldowns survive a reload."""
     p1, _, _ = ups
     gw = await start_gateway(cfg({"p1": prov(p1, keys=[KEY_A, KEY_B, KEY_C], key_strategy="first")}))
@@ -330,9 +340,7 @@ async def test_health_providers_masks_keys_and_counts_requests(start_gateway: St
     p1, p2, _ = ups
     or_a = "sk-or-v1-0123456789abcdef0123456789abcdefa1b2"
     or_b = "sk-or-v1-fedcba9876543210fedcba9876543210c3d4"
-    gw = await start_gateway(
-        cfg({"or": prov(p1, type="openrouter", keys=[or_a, or_b]), "oa": prov(p2, keys=[KEY_C], priority=5)})
-    )
+    gw = await start_gateway(cfg({"or": prov(p1, type="openrouter", keys=[or_a, or_b]), "oa": prov(p2, keys=[KEY_C], priority=5)}))
     for _ in range(4):
         assert (await call(gw, chat("m"))).status == 200
     r = await call(gw, b"", path="/health/providers", method="GET")

@@ -111,9 +111,7 @@ async def test_route_providers_override_models_globs(start_gateway: StartGateway
 
 async def test_alias_rewrites_model_and_keeps_every_other_field(start_gateway: StartGateway, ups: list[MockUpstream]) -> None:
     p1, _, _ = ups
-    gw = await start_gateway(
-        cfg({"p1": prov(p1)}, routes=[{"match": "gpt-4", "model": "deepseek/deepseek-chat-v3-0324"}])
-    )
+    gw = await start_gateway(cfg({"p1": prov(p1)}, routes=[{"match": "gpt-4", "model": "deepseek/deepseek-chat-v3-0324"}]))
     sent = odd("gpt-4")
     r = await call(gw, sent)
     assert r.status == 200, r.body
@@ -246,7 +244,6 @@ async def test_body_needing_no_change_is_forwarded_as_exact_bytes(
 # --------------------------------------------------------------------------- provider.order
 
 
-
 async def test_openrouter_provider_order_injected(start_gateway: StartGateway, ups: list[MockUpstream]) -> None:
     p1, _, _ = ups
     gw = await start_gateway(
@@ -287,7 +284,11 @@ async def test_openrouter_injection_without_model_rewrite(start_gateway: StartGa
     r = await call(gw, sent)
     assert r.status == 200, r.body
     got = p1.requests[0].json()
-    assert got == {"model": "qwen/qwen3", "provider": {"allow_fallbacks": False, "order": ["Groq"]}, "messages": [{"role": "user", "content": "x"}]}
+    assert got == {
+        "model": "qwen/qwen3",
+        "provider": {"allow_fallbacks": False, "order": ["Groq"]},
+        "messages": [{"role": "user", "content": "x"}],
+    }
 
 
 async def test_client_provider_order_is_kept(start_gateway: StartGateway, ups: list[MockUpstream]) -> None:
@@ -333,9 +334,7 @@ async def test_force_provider_order_replaces_client_order(start_gateway: StartGa
     }
 
 
-async def test_no_injection_for_non_openrouter_provider_of_same_route(
-    start_gateway: StartGateway, ups: list[MockUpstream]
-) -> None:
+async def test_no_injection_for_non_openrouter_provider_of_same_route(start_gateway: StartGateway, ups: list[MockUpstream]) -> None:
     p1, p2, _ = ups
     gw = await start_gateway(
         cfg(

@@ -86,9 +86,7 @@ async def test_openai_sdk_streaming_through_model_alias(start_gateway: StartGate
     gw = await start_gateway(sdk_cfg(p1, p2))
     client = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key=GW_KEY, max_retries=0, timeout=10)
     try:
-        stream = await client.chat.completions.create(
-            model="smart", messages=[{"role": "user", "content": "hi"}], stream=True
-        )
+        stream = await client.chat.completions.create(model="smart", messages=[{"role": "user", "content": "hi"}], stream=True)
         got = []
         async for ev in stream:
             if ev.choices and ev.choices[0].delta.content:
@@ -106,14 +104,10 @@ async def test_openai_sdk_streaming_through_model_alias(start_gateway: StartGate
 async def test_anthropic_sdk_through_named_provider(start_gateway: StartGateway, ups: list[MockUpstream]) -> None:
     oa, ant, _ = ups
     ant.enqueue(Json(body=MESSAGE))
-    gw = await start_gateway(
-        cfg({"oa": prov(oa, priority=1), "anthropic": prov(ant, type="anthropic", keys=[ANT_KEY], priority=2)})
-    )
+    gw = await start_gateway(cfg({"oa": prov(oa, priority=1), "anthropic": prov(ant, type="anthropic", keys=[ANT_KEY], priority=2)}))
     client = anthropic.AsyncAnthropic(base_url=gw.url + "/anthropic", api_key=GW_KEY, max_retries=0, timeout=10)
     try:
-        msg = await client.messages.create(
-            model="claude-sonnet-4", max_tokens=16, messages=[{"role": "user", "content": "hi"}]
-        )
+        msg = await client.messages.create(model="claude-sonnet-4", max_tokens=16, messages=[{"role": "user", "content": "hi"}])
     finally:
         await client.close()
     assert msg.content[0].text == "Hello from the mock"  # type: ignore[union-attr]

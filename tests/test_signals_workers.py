@@ -18,6 +18,7 @@ from ops_helpers import (
     call,
     chat_body,
     child_pids,
+    listening_sockets,
     pid_alive,
     sse_chat,
     wait_until,
@@ -79,9 +80,7 @@ async def test_sighup_with_broken_config_keeps_the_old_one(start_gateway: StartG
     gw = await start_gateway(cfg)
     assert await routed_model_now(gw.port, mock_upstream) == "one"
     await reload(gw, merge(cfg, {"server": {"bogus": 1}, "routes": [{"match": "newalias", "model": "two"}]}))
-    await wait_until(
-        lambda: re.search(r"^server\.bogus: \S.*$", gw.stderr_text(), re.M), timeout=3, what="the `path: message` line"
-    )
+    await wait_until(lambda: re.search(r"^server\.bogus: \S.*$", gw.stderr_text(), re.M), timeout=3, what="the `path: message` line")
     assert gw.proc.returncode is None
     assert await routed_model_now(gw.port, mock_upstream) == "one"
     # a TOML syntax error too
@@ -236,15 +235,23 @@ async def test_workers_serve_restart_and_stop(tmp_path: Path, mock_upstream: Moc
     try:
         sup = gw.proc.pid
         first = await wait_until(lambda: len(child_pids(sup)) == 2 and child_pids(sup), what="2 workers")
+        assert listening_sockets(gw.port) == 2
         assert await fresh_requests(gw.port, 6) == [200] * 6
         for victim in first:  # kill each original worker in turn
+
+            def gone(v: int = victim) -> bool:
+                return not pid_alive(v)
+
+            def replaced(v: int = victim) -> bool:
+                now = child_pids(sup)
+                return len(now) == 2 and v not in now
+
             os.kill(victim, signal.SIGKILL)
-            await wait_until(lambda: not pid_alive(victim), what=f"worker {victim} gone")
+            await wait_until(gone, what=f"worker {victim} gone")
             # the other worker keeps serving while the dead one is replaced
             assert await fresh_requests(gw.port, 3) == [200] * 3
-            await wait_until(
-                lambda: len(child_pids(sup)) == 2 and victim not in child_pids(sup), timeout=5, what="a replacement worker"
-            )
+            await wait_until(replaced, timeout=5, what="a replacement worker")
+            await wait_until(lambda: listening_sockets(gw.port) == 2, timeout=5, what="the replacement listening")
         now = child_pids(sup)
         assert not set(now) & set(first), (first, now)
         assert await fresh_requests(gw.port, 6) == [200] * 6

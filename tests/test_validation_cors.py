@@ -139,8 +139,15 @@ async def test_json_content_type_variants_accepted(plain_gw: Gateway, mock_upstr
 # --------------------------------------------------------------------------- CORS
 
 ALLOW_HEADERS = [
-    "authorization", "content-type", "x-api-key", "anthropic-version", "anthropic-beta",
-    "anthropic-dangerous-direct-browser-access", "openai-organization", "http-referer", "x-title",
+    "authorization",
+    "content-type",
+    "x-api-key",
+    "anthropic-version",
+    "anthropic-beta",
+    "anthropic-dangerous-direct-browser-access",
+    "openai-organization",
+    "http-referer",
+    "x-title",
     "x-request-id",
 ]
 ORIGIN = "https://app.example"
@@ -148,7 +155,10 @@ ORIGIN = "https://app.example"
 
 def preflight(path: str = "/v1/chat/completions", origin: str = ORIGIN, req_headers: str | None = "authorization,content-type") -> bytes:
     lines = [
-        f"OPTIONS {path} HTTP/1.1", "Host: gw", f"Origin: {origin}", "Access-Control-Request-Method: POST",
+        f"OPTIONS {path} HTTP/1.1",
+        "Host: gw",
+        f"Origin: {origin}",
+        "Access-Control-Request-Method: POST",
     ]
     if req_headers:
         lines.append(f"Access-Control-Request-Headers: {req_headers}")

@@ -30,8 +30,8 @@ HOP_BY_HOP: frozenset[bytes] = frozenset(
 CLIENT_CREDENTIALS: frozenset[bytes] = frozenset({b"authorization", b"x-api-key"})
 
 # Request headers the gateway sets itself on the upstream leg.
-REQUEST_DROP: frozenset[bytes] = HOP_BY_HOP | CLIENT_CREDENTIALS | frozenset(
-    {b"host", b"content-length", b"expect", b"x-request-id", b"x-rawgw-timeout"}
+REQUEST_DROP: frozenset[bytes] = (
+    HOP_BY_HOP | CLIENT_CREDENTIALS | frozenset({b"host", b"content-length", b"expect", b"x-request-id", b"x-rawgw-timeout"})
 )
 
 # Response headers the gateway sets itself on the client leg (exactly one Date and

@@ -53,7 +53,7 @@ class LogWriter:
         f = self.files.get(name)
         if f is None:
             os.makedirs(self.config.dir, exist_ok=True)
-            f = self.files[name] = open(os.path.join(self.config.dir, name), "ab", buffering=0)
+            f = self.files[name] = open(os.path.join(self.config.dir, name), "ab", buffering=0)  # noqa: SIM115 - kept open
         return f
 
     def _run(self) -> None:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict
 
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 
 
 class Histogram:
-    __slots__ = ("buckets", "counts", "sum", "count")
+    __slots__ = ("buckets", "count", "counts", "sum")
 
     def __init__(self, buckets: tuple[float, ...]) -> None:
         self.buckets = buckets
@@ -58,7 +58,9 @@ class Metrics:
         self.rate_limited: dict[str, int] = defaultdict(int)
         self.cache: dict[str, int] = defaultdict(int)
 
-    def request(self, kind: str, provider: str, status: int, duration: float, upstream_s: float | None, attempts: int, key_name: str) -> None:
+    def request(
+        self, kind: str, provider: str, status: int, duration: float, upstream_s: float | None, attempts: int, key_name: str
+    ) -> None:
         self.requests[(kind, provider, status)] += 1
         h = self.latency.get((kind, provider))
         if h is None:

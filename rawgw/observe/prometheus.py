@@ -40,9 +40,7 @@ def render(gw: Gateway) -> str:
         out.append(f'rawgw_failovers_total{{provider="{_esc(provider)}"}} {n}')
     head("rawgw_tokens_total", "counter", "Tokens reported in upstream usage, by provider, model, key name and kind.")
     for (provider, model, key_name, kind), n in sorted(m.tokens.items()):
-        out.append(
-            f'rawgw_tokens_total{{provider="{_esc(provider)}",model="{_esc(model)}",key_name="{_esc(key_name)}",kind="{kind}"}} {n}'
-        )
+        out.append(f'rawgw_tokens_total{{provider="{_esc(provider)}",model="{_esc(model)}",key_name="{_esc(key_name)}",kind="{kind}"}} {n}')
     head("rawgw_rate_limited_total", "counter", "Requests refused by a gateway key's rate limit.")
     for key_name, n in sorted(m.rate_limited.items()):
         out.append(f'rawgw_rate_limited_total{{key_name="{_esc(key_name)}"}} {n}')
@@ -99,12 +97,18 @@ def snapshot(gw: Gateway) -> dict[str, Any]:
     m = gw.recorder.metrics
     by_status: dict[str, int] = {}
     by_provider: dict[str, int] = {}
-    for (_, provider, status), n in m.requests.items():
+    by_kind: dict[str, int] = {}
+    for (kind, provider, status), n in m.requests.items():
+        by_kind[kind] = by_kind.get(kind, 0) + n
+        if kind == "local":
+            continue  # the dashboard's own polls are not traffic
         by_status[str(status)] = by_status.get(str(status), 0) + n
         if provider:
             by_provider[provider] = by_provider.get(provider, 0) + n
     merged = Histogram(LATENCY_BUCKETS)
-    for h in m.latency.values():
+    for (kind, _), h in m.latency.items():
+        if kind == "local":
+            continue
         merged.counts = [a + b for a, b in zip(merged.counts, h.counts)]
         merged.count += h.count
         merged.sum += h.sum
@@ -117,6 +121,7 @@ def snapshot(gw: Gateway) -> dict[str, Any]:
         "uptime_s": round(time.time() - gw.started, 3),
         "requests_total": merged.count,
         "by_status": by_status,
+        "by_kind": by_kind,
         "by_provider": by_provider,
         "latency_ms": {
             "mean": round(merged.sum / merged.count * 1000, 3) if merged.count else None,

@@ -99,15 +99,27 @@ class Recorder:
                     ex.response_headers,
                     body,
                     ex.stream,
-                    {"provider": ex.provider, "key_name": key_name or None, "client_model": ex.client_model,
-                     "upstream_model": ex.upstream_model, "attempts": ex.attempts, "outcome": ex.outcome,
-                     "cache": ex.cache_status.decode() if ex.cache_status else None},
+                    {
+                        "provider": ex.provider,
+                        "key_name": key_name or None,
+                        "client_model": ex.client_model,
+                        "upstream_model": ex.upstream_model,
+                        "attempts": ex.attempts,
+                        "outcome": ex.outcome,
+                        "cache": ex.cache_status.decode() if ex.cache_status else None,
+                    },
                 )
                 rid = ex.request_id.decode()
                 self.writer.put("__call__", lambda cfg: write_chat_file(cfg, rid, record))
         if ex.error:
             self.recent_errors.append(
-                {"time": time.time(), "request_id": ex.request_id.decode(), "status": status, "provider": ex.provider or None, "message": ex.error}
+                {
+                    "time": time.time(),
+                    "request_id": ex.request_id.decode(),
+                    "status": status,
+                    "provider": ex.provider or None,
+                    "message": ex.error,
+                }
             )
         if ex.error and self.config.logging.errors:
             self.writer.error(
@@ -121,11 +133,11 @@ class Recorder:
                 }
             )
 
-    def upstream_failure(self, ex: Exchange, provider: str, err: Exception) -> None:
+    def upstream_failure(self, ex: Exchange, provider: str, err: Exception, status: int | None = None) -> None:
         self.metrics.failover(provider)
         message = getattr(err, "message", str(err))
         self.recent_errors.append(
-            {"time": time.time(), "request_id": ex.request_id.decode(), "status": None, "provider": provider, "message": message}
+            {"time": time.time(), "request_id": ex.request_id.decode(), "status": status, "provider": provider, "message": message}
         )
         log.warning("%s upstream %s failed: %s", ex.request_id.decode(), provider, message)
         if self.config.logging.errors:
@@ -135,6 +147,7 @@ class Recorder:
                     "request_id": ex.request_id.decode(),
                     "provider": provider,
                     "attempt": ex.attempts,
+                    "upstream_status": status,
                     "kind": getattr(err, "kind", "error"),
                     "message": message,
                 }

@@ -50,6 +50,6 @@ class RateLimiter:
         wait = bucket.take(now)
         headers = [
             (b"x-ratelimit-limit-requests", str(key.rate_limit_rpm).encode()),
-            (b"x-ratelimit-remaining-requests", str(int(math.floor(bucket.tokens))).encode()),
+            (b"x-ratelimit-remaining-requests", str(math.floor(bucket.tokens)).encode()),
         ]
         return wait, headers

@@ -141,7 +141,8 @@ class Router:
         route = next((r for r in self.config.routes if fnmatchcase(model, r.match)), None)
         upstream_model = route.model if route is not None and route.model else model
         if route is not None and route.providers:
-            candidates = [self.providers[n] for n in route.providers]
+            # dict.fromkeys: a provider named twice is still one candidate (SPEC 5.3)
+            candidates = [self.providers[n] for n in dict.fromkeys(route.providers)]
             if endpoint.anthropic_only:
                 candidates = [p for p in candidates if p.type == "anthropic"]
         else:
@@ -153,9 +154,7 @@ class Router:
         if key is not None and key.providers:
             narrowed = [p for p in candidates if p.name in key.providers]
             if candidates and not narrowed:
-                raise GatewayError(
-                    403, f"key '{key.name}' may not use the providers serving model '{model}'", code="provider_not_allowed"
-                )
+                raise GatewayError(403, f"key '{key.name}' may not use the providers serving model '{model}'", code="provider_not_allowed")
             candidates = narrowed
         if not candidates:
             raise GatewayError(404, f"no provider serves model '{model}'", code="model_not_found")
@@ -246,7 +245,9 @@ class Router:
                     kind="rate_limited",
                 )
             names = ", ".join(p.name for p in plan.candidates)
-            raise GatewayError(503, f"no usable key or provider available ({names}): keys disabled or circuit open", code="no_available_provider")
+            raise GatewayError(
+                503, f"no usable key or provider available ({names}): keys disabled or circuit open", code="no_available_provider"
+            )
 
 
 def _parse_wide(body: bytes, exc: Exception) -> Any:

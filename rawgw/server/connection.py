@@ -201,7 +201,7 @@ class ClientConnection(asyncio.Protocol):
         target = request.target
         if request.method == b"CONNECT":
             return GatewayError(400, "CONNECT is not supported: rawgw is not a forward proxy", close=True)
-        if target.startswith(b"/") or target == b"*" and request.method == b"OPTIONS":
+        if target.startswith(b"/") or (target == b"*" and request.method == b"OPTIONS"):
             return None
         lower = target.lower()
         if not (lower.startswith(b"http://") or lower.startswith(b"https://")):
@@ -327,7 +327,7 @@ class ClientConnection(asyncio.Protocol):
     def send_body(self, data: bytes) -> None:
         if self.closed or self.transport is None:
             return
-        pieces = self.h11.send_with_data_passthrough(h11.Data(data=data))
+        pieces = self.h11.send_with_data_passthrough(h11.Data(data=data)) or []
         if self.corked is not None:
             self.corked.extend(pieces)
         elif pieces:
@@ -397,11 +397,14 @@ class ClientConnection(asyncio.Protocol):
             return
         err = GatewayError(status, message)
         body = err.body()
-        head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\ndate: %s\r\nserver: rawgw\r\nconnection: close\r\n" % (
-            status,
-            REASONS.get(status, b"Error"),
-            len(body),
-            http_date(),
+        head = (
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\ndate: %s\r\nserver: rawgw\r\nconnection: close\r\n"
+            % (
+                status,
+                REASONS.get(status, b"Error"),
+                len(body),
+                http_date(),
+            )
         )
         extra = getattr(self.handler, "extra_error_headers", None)
         if extra is not None:

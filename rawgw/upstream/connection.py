@@ -132,27 +132,27 @@ class UpstreamConnection(asyncio.Protocol):
         self.streaming = False
         self.read_timeout = read_timeout
         self.head_waiter = self.loop.create_future()
-        data = self.h11.send(request)
+        data = self.h11.send(request) or b""
         if body is None:
-            self.transport.write(data)  # type: ignore[arg-type]
+            self.transport.write(data)
         else:
             pieces = [data]
             if body:
-                pieces.extend(self.h11.send_with_data_passthrough(h11.Data(data=body)))
-            pieces.append(self.h11.send(h11.EndOfMessage()))  # type: ignore[arg-type]
-            self.transport.writelines(pieces)  # type: ignore[arg-type]
+                pieces.extend(self.h11.send_with_data_passthrough(h11.Data(data=body)) or ())
+            pieces.append(self.h11.send(h11.EndOfMessage()) or b"")
+            self.transport.writelines(pieces)
         return self.head_waiter
 
     def send_body(self, data: bytes) -> None:
         """Stream a piece of request body (body passed as None to ``start``)."""
         if self.closed or self.transport is None:
             return
-        self.transport.writelines(self.h11.send_with_data_passthrough(h11.Data(data=data)))
+        self.transport.writelines(self.h11.send_with_data_passthrough(h11.Data(data=data)) or ())
 
     def send_body_end(self) -> None:
         if self.closed or self.transport is None:
             return
-        self.transport.write(self.h11.send(h11.EndOfMessage()))  # type: ignore[arg-type]
+        self.transport.write(self.h11.send(h11.EndOfMessage()) or b"")
 
     def stream_to(self, sink: BodySink) -> None:
         """The relay took the head: from now on body events go to ``sink``."""

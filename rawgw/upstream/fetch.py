@@ -47,7 +47,9 @@ class BodyCollector:
             self.done.set_exception(err)
 
 
-async def fetch(pool: OriginPool, request: h11.Request, connect_timeout: float, timeout: float) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+async def fetch(
+    pool: OriginPool, request: h11.Request, connect_timeout: float, timeout: float
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """Send ``request`` (no body) and return status, headers and the whole body."""
     conn = await pool.acquire(connect_timeout)
     try:

@@ -75,7 +75,7 @@ class OriginPool:
             self.waiters.append(waiter)
             try:
                 await asyncio.wait_for(waiter, connect_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise UpstreamError("connect", f"no free connection to {self.origin.authority} within {connect_timeout:g} s") from None
             finally:
                 if waiter in self.waiters:
@@ -83,7 +83,7 @@ class OriginPool:
         self.connecting += 1
         try:
             conn = await asyncio.wait_for(self._connect(), connect_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise UpstreamError("connect", f"connect to {self.origin.authority} timed out after {connect_timeout:g} s") from None
         except ssl.SSLCertVerificationError as exc:
             raise UpstreamError("tls", f"TLS certificate verification failed for {self.origin.host}: {exc.verify_message}") from None
@@ -112,7 +112,7 @@ class OriginPool:
             return proto
         # Egress proxy: HTTP CONNECT, then TLS inside the tunnel.
         p = urllib.parse.urlsplit(o.proxy)
-        transport, handshake = await loop.create_connection(_ConnectHandshake, p.hostname, p.port or 80)
+        transport, handshake = await loop.create_connection(_ConnectHandshake, p.hostname or "", p.port or 80)
         auth = b""
         if p.username:
             cred = f"{urllib.parse.unquote(p.username)}:{urllib.parse.unquote(p.password or '')}".encode()
@@ -218,7 +218,8 @@ class Pools:
         return pool
 
     def stats(self) -> dict[str, tuple[int, int]]:
-        return {o.authority: (len(p.open), len(p.idle)) for o, p in self.pools.items()}
+        # scheme and proxy in the label: the same host:port may be two origins
+        return {f"{o.scheme}://{o.authority}" + (" via proxy" if o.proxy else ""): (len(p.open), len(p.idle)) for o, p in self.pools.items()}
 
     def close(self) -> None:
         for pool in self.pools.values():

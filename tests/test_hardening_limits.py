@@ -1,0 +1,248 @@
+"""Resource limits on the client leg (issue 7 §1 "Resource limits"; SPEC 3 [server], 6):
+server.max_connections, bounded pipelining, a slow reader of a big stream, deeply nested
+JSON. Head/body size limits and header timers are in test_limits.py."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from conftest import (
+    StartGateway,
+    assert_gateway_error,
+    assert_wire_invariants,
+    base_config,
+    chat_request,
+    parse_response,
+    parse_responses,
+    raw_connection,
+)
+from hardening_helpers import parse_stream_statuses, rss_kb, sha, small_window_connection, stream_body
+from mock_upstream import MockUpstream, Sse
+
+HEALTH = b"GET /health HTTP/1.1\r\nHost:a\r\n\r\n"  # 32 bytes, answered by the gateway itself
+
+
+# --------------------------------------------------------------------------- max_connections
+
+
+async def test_max_connections_refuses_with_503_then_frees_the_slot(
+    start_gateway: StartGateway, mock_upstream: MockUpstream
+) -> None:
+    gw = await start_gateway(base_config(mock_upstream, server={"max_connections": 3}))
+    idle = [await raw_connection(gw.port) for _ in range(3)]
+    try:
+        # the three are really accepted (served), and stay open idle
+        assert (await idle[0].request(chat_request())).status == 200
+        await asyncio.sleep(0.1)
+
+        async def refused() -> None:
+            async with await raw_connection(gw.port) as extra:
+                t0 = time.monotonic()
+                data = await extra.read_until_close(timeout=3)  # nothing sent: the 503 comes at accept
+                took = time.monotonic() - t0
+            assert took < 1.0, f"the refused connection stayed open {took:.2f} s"
+            r = parse_response(data, eof=True)
+            err = assert_gateway_error(r, 503)
+            assert "connection" in err["message"].lower(), err
+            assert_wire_invariants(r)
+            assert r.complete and r.rest == b""
+
+        await refused()
+        n_up = len(mock_upstream.requests)
+        # one idle connection leaves: its slot is free again for a new client
+        idle.pop(2).close()
+        deadline = time.monotonic() + 3
+        while True:
+            c = await raw_connection(gw.port)
+            await c.send(chat_request())
+            try:
+                r = await c.read_response(timeout=3)
+            except EOFError:
+                r = None
+            if r is not None and r.status == 200:
+                idle.append(c)
+                break
+            c.writer.transport.abort()
+            assert time.monotonic() < deadline, "a freed slot was never given to a new client"
+            await asyncio.sleep(0.05)
+        assert len(mock_upstream.requests) == n_up + 1
+        # full again (2 old + 1 new): the next one is refused, the old ones still work
+        await refused()
+        assert (await idle[1].request(chat_request())).status == 200
+    finally:
+        for c in idle:
+            c.writer.transport.abort()
+
+
+# --------------------------------------------------------------------------- pipelining
+
+
+async def test_pipelined_flood_without_reading_is_bounded(start_gateway: StartGateway, mock_upstream: MockUpstream) -> None:
+    """2 MB of pipelined requests from a client that never reads: the gateway must stop
+    answering (and reading) once the client's socket is full, not keep every answer in
+    memory; meanwhile another client is served; what the flood gets is all 200s."""
+    gw = await start_gateway(base_config(mock_upstream))
+    pid = gw.proc.pid
+    base = rss_kb(pid)
+    flood = await small_window_connection(gw.port, rcvbuf=16384, timeout=10)
+    peak = base
+    sent = 0
+    try:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 4.0:
+            if sent < 2_000_000:
+                flood.writer.write(HEALTH * 1024)
+                sent += len(HEALTH) * 1024
+            try:
+                await asyncio.wait_for(flood.writer.drain(), 0.1)
+            except TimeoutError:
+                pass
+            peak = max(peak, rss_kb(pid))
+            if peak - base > 30 * 1024:
+                break
+        # another client is served promptly while the flood sits there
+        t1 = time.monotonic()
+        async with await raw_connection(gw.port) as other:
+            r = await other.request(chat_request(), timeout=3)
+        assert r.status == 200
+        assert time.monotonic() - t1 < 2.0
+        assert (peak - base) <= 30 * 1024, (
+            f"gateway RSS grew by {(peak - base) / 1024:.1f} MB for {sent / 1e6:.1f} MB of pipelined requests "
+            "from a client that does not read"
+        )
+        # whatever the flood receives when it finally reads: only 200s, in order
+        received = bytearray()
+        t2 = time.monotonic()
+        while time.monotonic() - t2 < 2.0:
+            try:
+                chunk = await asyncio.wait_for(flood.reader.read(1 << 20), 0.5)
+            except TimeoutError:
+                break
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            received += chunk
+        statuses, _ = parse_stream_statuses(bytes(received))
+        assert statuses, "the flood connection got no answer at all"
+        bad = sorted({s for s in statuses if s != 200})
+        assert bad == [], f"valid pipelined requests answered {bad} after {statuses.index(bad[0])} x 200"
+    finally:
+        flood.writer.transport.abort()
+
+
+async def test_pipelined_requests_with_a_partial_head_all_served(
+    start_gateway: StartGateway, mock_upstream: MockUpstream
+) -> None:
+    """Requests the gateway answers itself, pipelined, then the first part of a request
+    with a large (but allowed) head: every one of them is answered 200 — the partial
+    head must not be counted again for every request answered before it."""
+    gw = await start_gateway(base_config(mock_upstream))
+    big = chat_request(headers=[("X-Big", "b" * 5000)])  # head ~5.2 kB < max_header_bytes 16384
+    cut = 3000
+    async with await raw_connection(gw.port) as c:
+        await c.send(HEALTH * 8 + big[:cut])
+        await asyncio.sleep(0.3)
+        await c.send(big[cut:])
+        rs = []
+        for _ in range(9):
+            rs.append(await c.read_response(timeout=5))
+    assert [r.status for r in rs] == [200] * 9, [(r.status, r.body[:100]) for r in rs]
+    assert len(mock_upstream.requests) == 1
+    assert mock_upstream.requests[0].header("x-big") == b"b" * 5000
+
+
+# --------------------------------------------------------------------------- slow reader
+
+
+async def test_slow_reader_of_a_20mb_stream_keeps_memory_bounded(
+    start_gateway: StartGateway, mock_upstream: MockUpstream
+) -> None:
+    gw = await start_gateway(base_config(mock_upstream, provider={"read_timeout_s": 30}))
+    pid = gw.proc.pid
+    async with await raw_connection(gw.port) as warm:
+        assert (await warm.request(chat_request())).status == 200
+    base = rss_kb(pid)
+    piece = 32 * 1024
+    pieces = [(b"data: %06d " % i) + bytes([65 + i % 26]) * (piece - 15) + b"\n\n" for i in range(640)]  # 20 MiB
+    body = b"".join(pieces)
+    mock_upstream.enqueue(Sse(pieces=pieces))
+    c = await small_window_connection(gw.port, rcvbuf=65536, timeout=20)
+    try:
+        await c.send(chat_request(stream_body()))
+        peak = base
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 2.0:  # read nothing for 2 s
+            await asyncio.sleep(0.05)
+            peak = max(peak, rss_kb(pid))
+        req = mock_upstream.requests[-1]
+        sent_while_stalled = len(req.pieces_sent_at)
+        # then read slowly: 64 kB at a time with pauses
+        deadline = time.monotonic() + 20
+        while True:
+            got = await c.read_some(timeout=5)
+            if not got:
+                break
+            if len(c.received) % (1 << 20) < 65536:
+                peak = max(peak, rss_kb(pid))
+            await asyncio.sleep(0.001)
+            r = None
+            if c.received.endswith(b"0\r\n\r\n"):
+                r = parse_response(bytes(c.received), eof=False)
+                if r.complete:
+                    break
+            assert time.monotonic() < deadline, "stream not delivered in time"
+        r = parse_response(bytes(c.received), eof=c.eof)
+    finally:
+        c.writer.transport.abort()
+    assert r.status == 200 and r.complete
+    assert len(r.body) == len(body) and sha(r.body) == sha(body)
+    growth_mb = (peak - base) / 1024
+    # measured: ~0.1 MB with flow control, ~15 MB without (the rest sits in kernel buffers)
+    assert growth_mb < 8, f"gateway RSS grew {growth_mb:.1f} MB relaying a 20 MB stream to a slow reader"
+    assert sent_while_stalled < len(pieces), "the upstream was never paused while the client did not read"
+
+
+# --------------------------------------------------------------------------- JSON nesting
+
+
+async def test_deeply_nested_json_is_a_clean_400(start_gateway: StartGateway, mock_upstream: MockUpstream) -> None:
+    gw = await start_gateway(base_config(mock_upstream))
+    depth = 100_000
+    bodies = {
+        "arrays_in_messages": b'{"model":"m","messages":' + b"[" * depth + b"]" * depth + b"}",
+        "objects_in_content": b'{"model":"m","messages":[{"role":"user","content":'
+        + b'{"a":' * depth
+        + b"1"
+        + b"}" * depth
+        + b"}]}",
+        "unclosed_arrays": b'{"model":"m","messages":' + b"[" * depth,
+    }
+    for name, body in bodies.items():
+        async with await raw_connection(gw.port, timeout=10) as c:
+            t0 = time.monotonic()
+            r = await c.request(chat_request(body), timeout=10)
+            took = time.monotonic() - t0
+        err = assert_gateway_error(r, 400)
+        assert "json" in err["message"].lower(), (name, err)
+        assert took < 3.0, (name, took)
+    assert mock_upstream.requests == [] and mock_upstream.connections == []
+    assert gw.proc.returncode is None
+    async with await raw_connection(gw.port) as c:
+        assert (await c.request(chat_request())).status == 200
+
+
+async def test_nesting_on_a_keep_alive_connection_does_not_break_it(
+    start_gateway: StartGateway, mock_upstream: MockUpstream
+) -> None:
+    """After the 400 for a deeply nested body the same connection still serves (the
+    refusal is about the body, not the framing)."""
+    gw = await start_gateway(base_config(mock_upstream))
+    deep = b'{"model":"m","messages":' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    async with await raw_connection(gw.port, timeout=10) as c:
+        await c.send(chat_request(deep) + chat_request())
+        data = await c.read_until(b'"chatcmpl-mock"', timeout=10)
+    rs = parse_responses(data, eof=False)
+    assert [r.status for r in rs] == [400, 200]
+    assert len(mock_upstream.requests) == 1
