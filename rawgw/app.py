@@ -171,7 +171,9 @@ class Gateway:
             self.local.handle(client, request, endpoint, key, request_id, t0, extra)
             return
         if endpoint.kind == "unknown":
-            self._reject(client, request, GatewayError(404, f"unknown path {endpoint.path}", code="unknown_path"), request_id, t0, key, extra)
+            self._reject(
+                client, request, GatewayError(404, f"unknown path {endpoint.path}", code="unknown_path"), request_id, t0, key, extra
+            )
             return
         if endpoint.kind == "models" and method in (b"GET", b"HEAD"):
             self.local.models(client, request, endpoint, key, request_id, t0, extra)
@@ -179,7 +181,14 @@ class Gateway:
         if endpoint.kind == "routed":
             if method != b"POST":
                 self._reject(
-                    client, request, GatewayError(405, f"{endpoint.path} accepts POST only", headers=[(b"allow", b"POST")]), request_id, t0, key, extra)
+                    client,
+                    request,
+                    GatewayError(405, f"{endpoint.path} accepts POST only", headers=[(b"allow", b"POST")]),
+                    request_id,
+                    t0,
+                    key,
+                    extra,
+                )
                 return
             ctype = get_header(request.headers, b"content-type")
             if ctype is not None and b"json" not in ctype.lower():

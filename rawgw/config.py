@@ -124,6 +124,9 @@ class Route:
     providers: tuple[str, ...] = ()
     provider_order: tuple[str, ...] = ()
     force_provider_order: bool = False
+    # rawgw extension: the model to send to a particular provider of this route, e.g. a
+    # failover provider that names the same model differently ({deepseek = "deepseek-chat"}).
+    provider_models: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +250,7 @@ _PROVIDER_FIELDS: Final = (
     "connect_timeout_s", "first_byte_timeout_s", "read_timeout_s", "pool_idle_s",
     "max_connections", "proxy", "headers",
 )  # fmt: skip
-_ROUTE_FIELDS: Final = ("match", "model", "providers", "provider_order", "force_provider_order")
+_ROUTE_FIELDS: Final = ("match", "model", "providers", "provider_order", "force_provider_order", "provider_models")
 _LOGGING_FIELDS: Final = ("dir", "access", "chat", "chat_file_limit", "errors")
 _CACHE_FIELDS: Final = ("enabled", "ttl_s", "max_entries")
 _METRICS_FIELDS: Final = ("enabled",)
@@ -674,9 +677,28 @@ class _Parser:
                 providers=self.provider_refs(t, "providers"),
                 provider_order=t.get_str_list("provider_order", ()),
                 force_provider_order=t.get_bool("force_provider_order", False),
+                provider_models=self.provider_models(t),
             )
             self.check_route(route, index, out, providers)
             out.append(route)
+        return tuple(out)
+
+    def provider_models(self, t: _Table) -> tuple[tuple[str, str], ...]:
+        raw = t.raw("provider_models")
+        path = f"{t.path}.provider_models"
+        if raw is _ABSENT or raw is _UNRESOLVED:
+            return ()
+        if not isinstance(raw, dict):
+            self.error(path, 'must be a table of provider name to model, e.g. { deepseek = "deepseek-chat" }')
+            return ()
+        out: list[tuple[str, str]] = []
+        for name, model in raw.items():
+            if name not in self.declared_providers:
+                self.error(f"{path}.{name}", f"unknown provider '{name}'" + _did_you_mean(name, self.declared_providers))
+            elif not isinstance(model, str) or not model:
+                self.error(f"{path}.{name}", "must be a non-empty string")
+            else:
+                out.append((name, model))
         return tuple(out)
 
     def check_route(self, route: Route, index: int, earlier: list[Route], providers: Mapping[str, Provider]) -> None:

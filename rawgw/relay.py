@@ -302,6 +302,8 @@ class Exchange:
                 continue
             self.connect_s = perf_counter() - t_pick
             self.upstream = conn
+            if buffered:
+                self.upstream_model = router.model_for(plan, provider)
             head_future = self._send(conn, provider, key, plan_body=router.body_for(plan, provider) if buffered else None)
             self.t_sent = perf_counter()
             wait = min(provider.first_byte_timeout_s, self.deadline - self.t_sent)

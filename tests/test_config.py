@@ -676,6 +676,7 @@ def test_example_file_loads() -> None:
             model="deepseek/deepseek-chat-v3-0324",
             providers=("openrouter", "deepseek"),
             provider_order=("DeepInfra", "Parasail"),
+            provider_models=(("deepseek", "deepseek-chat"),),
         ),
     )
     pinned = [k for k in cfg.keys if k.providers]

@@ -171,16 +171,18 @@ class Router:
 
     def body_for(self, plan: Plan, provider: Provider) -> bytes:
         """SPEC 5.5: rewrite only when needed; otherwise the exact bytes received."""
-        cached = plan.bodies.get(provider.type)
+        route = plan.route
+        upstream_model = self.model_for(plan, provider)
+        cache_key = provider.name if upstream_model != plan.upstream_model else provider.type
+        cached = plan.bodies.get(cache_key)
         if cached is not None:
             return cached
         body = plan.body
         parsed = plan.parsed
         if parsed is not None:
             changes: dict[str, object] = {}
-            if plan.upstream_model != plan.client_model:
-                changes["model"] = plan.upstream_model
-            route = plan.route
+            if upstream_model != plan.client_model:
+                changes["model"] = upstream_model
             if provider.type == "openrouter" and route is not None and route.provider_order:
                 prov = parsed.get("provider")
                 has_order = isinstance(prov, dict) and "order" in prov
@@ -194,8 +196,17 @@ class Router:
                         changes["provider"] = {"order": order}
             if changes:
                 body = rewrite_body(body, changes)
-        plan.bodies[provider.type] = body
+        plan.bodies[cache_key] = body
         return body
+
+    def model_for(self, plan: Plan, provider: Provider) -> str | None:
+        """The model sent to ``provider``: the route's per-provider model, else its model."""
+        route = plan.route
+        if route is not None and route.provider_models:
+            for name, model in route.provider_models:
+                if name == provider.name:
+                    return model
+        return plan.upstream_model
 
     def upstream_path(self, endpoint: Endpoint, provider: Provider) -> bytes:
         """SPEC 5.4 URL joining."""

@@ -219,7 +219,9 @@ class Pools:
 
     def stats(self) -> dict[str, tuple[int, int]]:
         # scheme and proxy in the label: the same host:port may be two origins
-        return {f"{o.scheme}://{o.authority}" + (" via proxy" if o.proxy else ""): (len(p.open), len(p.idle)) for o, p in self.pools.items()}
+        return {
+            f"{o.scheme}://{o.authority}" + (" via proxy" if o.proxy else ""): (len(p.open), len(p.idle)) for o, p in self.pools.items()
+        }
 
     def close(self) -> None:
         for pool in self.pools.values():
