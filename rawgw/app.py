@@ -168,7 +168,7 @@ class Gateway:
                 self._reject(client, request, limited, request_id, t0, key, extra)
                 return
         if endpoint.kind == "local":
-            self.local.handle(client, request, endpoint, key, request_id, t0, extra)
+            self.local.handle(self._local_exchange(client, request, endpoint, key, request_id, t0, extra))
             return
         if endpoint.kind == "unknown":
             self._reject(
@@ -176,7 +176,7 @@ class Gateway:
             )
             return
         if endpoint.kind == "models" and method in (b"GET", b"HEAD"):
-            self.local.models(client, request, endpoint, key, request_id, t0, extra)
+            self.local.models(self._local_exchange(client, request, endpoint, key, request_id, t0, extra))
             return
         if endpoint.kind == "routed":
             if method != b"POST":
@@ -209,6 +209,20 @@ class Gateway:
         client.send_continue()
         ex.task = self.loop.create_task(ex.run())
 
+    def _local_exchange(
+        self,
+        client: ClientConnection,
+        request: h11.Request,
+        endpoint: Endpoint,
+        key: GatewayKey | None,
+        request_id: bytes,
+        t0: float,
+        extra: list[Header],
+    ) -> Exchange:
+        ex = Exchange(self, client, request, endpoint, key, request_id, t0, 0.0)
+        ex.extra_headers = extra
+        return ex
+
     def _reject(
         self,
         client: ClientConnection,
@@ -220,9 +234,7 @@ class Gateway:
         extra: list[Header] | None = None,
     ) -> None:
         path = request.target.decode("latin-1").partition("?")[0]
-        ex = Exchange(self, client, request, Endpoint("unknown", path), key, request_id, t0, 0.0)
-        ex.extra_headers = extra or []
-        ex.fail(err)
+        self._local_exchange(client, request, Endpoint("unknown", path), key, request_id, t0, extra or []).fail(err)
 
     # ---- response cache (non-streaming chat completions) --------------------
 

@@ -11,11 +11,10 @@ from typing import TYPE_CHECKING, Any
 import h11
 import orjson
 
-from rawgw.config import GatewayKey, Provider, mask_key
+from rawgw.config import Provider, mask_key
 from rawgw.errors import GatewayError
 from rawgw.http.headers import get_header
 from rawgw.relay import Exchange
-from rawgw.routing.router import Endpoint
 from rawgw.upstream.fetch import fetch
 
 if TYPE_CHECKING:
@@ -41,18 +40,8 @@ class LocalEndpoints:
         client.send_response(status, headers, body)
         ex._finish("ok")
 
-    def handle(
-        self,
-        client: ClientConnection,
-        request: h11.Request,
-        endpoint: Endpoint,
-        key: GatewayKey | None,
-        request_id: bytes,
-        t0: float,
-        extra: list[tuple[bytes, bytes]],
-    ) -> None:
-        ex = Exchange(self.gw, client, request, endpoint, key, request_id, t0, 0.0)
-        ex.extra_headers = extra
+    def handle(self, ex: Exchange) -> None:
+        client, request, endpoint = ex.client, ex.request, ex.endpoint
         if request.method not in (b"GET", b"HEAD"):
             ex.fail(GatewayError(405, f"{endpoint.path} accepts GET only", headers=[(b"allow", b"GET, HEAD")]))
             return
@@ -110,19 +99,8 @@ class LocalEndpoints:
 
     # ---- /v1/models ----------------------------------------------------------
 
-    def models(
-        self,
-        client: ClientConnection,
-        request: h11.Request,
-        endpoint: Endpoint,
-        key: GatewayKey | None,
-        request_id: bytes,
-        t0: float,
-        extra: list[tuple[bytes, bytes]],
-    ) -> None:
-        ex = Exchange(self.gw, client, request, endpoint, key, request_id, t0, 0.0)
-        ex.extra_headers = extra
-        client.sink = ex
+    def models(self, ex: Exchange) -> None:
+        ex.client.sink = ex
         ex.task = asyncio.get_running_loop().create_task(self._models(ex))
 
     async def _models(self, ex: Exchange) -> None:
