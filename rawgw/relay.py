@@ -262,7 +262,11 @@ class Exchange:
     async def _wait_body(self) -> bytes:
         if not self.body_done:
             self.body_waiter = asyncio.get_running_loop().create_future()
-            await self.body_waiter
+            try:
+                # the request deadline covers a body that stops arriving, too
+                await asyncio.wait_for(self.body_waiter, max(0.0, self.deadline - perf_counter()))
+            except TimeoutError:
+                raise GatewayError(408, "request body not received in time", close=True, kind="timeout") from None
         parts = self.body_parts
         return parts[0] if len(parts) == 1 else b"".join(parts)
 

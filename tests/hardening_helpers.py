@@ -56,9 +56,7 @@ async def gauges(port: int) -> dict[str, float]:
 
 
 def stream_body(model: str = "m") -> bytes:
-    return json.dumps(
-        {"model": model, "stream": True, "messages": [{"role": "user", "content": "hi"}]}, separators=(",", ":")
-    ).encode()
+    return json.dumps({"model": model, "stream": True, "messages": [{"role": "user", "content": "hi"}]}, separators=(",", ":")).encode()
 
 
 def sse_pieces(n: int, size: int = 100) -> list[bytes]:

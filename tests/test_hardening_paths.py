@@ -143,9 +143,7 @@ ODD_MODELS = {
 
 
 @pytest.mark.parametrize("served", [True, False], ids=["routed", "no_provider_404"])
-async def test_model_names_never_reach_a_response_header(
-    start_gateway: StartGateway, mock_upstream: MockUpstream, served: bool
-) -> None:
+async def test_model_names_never_reach_a_response_header(start_gateway: StartGateway, mock_upstream: MockUpstream, served: bool) -> None:
     import json
 
     cfg = base_config(mock_upstream)

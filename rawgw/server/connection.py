@@ -29,6 +29,10 @@ Header = tuple[bytes, bytes]
 # Pipelined bytes buffered beyond the request being answered before the client
 # socket stops being read (bounded pipelining depth).
 PIPELINE_BUFFER_LIMIT = 256 * 1024
+# Pipelined requests answered in one go before yielding to other connections.
+PIPELINE_BATCH = 16
+# How long a refused client may keep sending before the socket is closed (RFC 9112 §9.6).
+LINGER_S = 2.0
 
 
 class Handler(Protocol):
@@ -81,6 +85,9 @@ class ClientConnection(asyncio.Protocol):
         self.body_seen = 0
         self.head_buf: bytearray | None = bytearray()  # raw head while awaiting one
         self.corked: list[bytes] | None = None  # writes gathered into one writelines
+        self.processing = False  # inside _process: a cycle continues the same loop
+        self.cycles = 0  # requests answered in the current _process run (fairness)
+        self.lingering = False  # answered and half-closed; draining input until close
         self.peer = ""
 
     # ---- asyncio.Protocol -------------------------------------------------
@@ -95,6 +102,8 @@ class ClientConnection(asyncio.Protocol):
         self._arm_header_timer()
 
     def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            return  # RFC 9112 §9.6: read and discard until the client closes
         if self.head_buf is not None and not self._scan_head(data):
             return
         if self.in_flight and self.request_done:
@@ -132,6 +141,9 @@ class ClientConnection(asyncio.Protocol):
         return True
 
     def eof_received(self) -> bool:
+        if self.lingering:
+            self.close()
+            return False
         # SPEC 6: a FIN before the response is complete counts as disconnecting.
         if self.in_flight:
             self._client_gone()
@@ -154,14 +166,27 @@ class ClientConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.writable = True
+        if not self.in_flight and not self.closed:
+            # pipelined requests waited for the client to read our answers
+            self.loop.call_soon(self._process_pipelined)
         if self.sink is not None:
             self.sink.on_writable(True)
 
     # ---- reading requests -------------------------------------------------
 
     def _process(self) -> None:
+        if self.processing:
+            return
+        self.processing = True
+        self.cycles = 0
+        try:
+            self._process_events()
+        finally:
+            self.processing = False
+
+    def _process_events(self) -> None:
         conn = self.h11
-        while not self.closed:
+        while not self.closed and not self.lingering:
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
@@ -179,6 +204,8 @@ class ClientConnection(asyncio.Protocol):
                 if self.sink is not None:
                     self.sink.on_body_end()
                 self._maybe_cycle()
+                if not self.in_flight and self._break_batch():
+                    return
             elif etype is h11.ConnectionClosed:
                 self.close()
                 return
@@ -359,7 +386,10 @@ class ClientConnection(asyncio.Protocol):
         if self.h11.our_state is h11.MUST_CLOSE:
             # Connection: close (HTTP/1.0 client, refused framing, draining).
             self.in_flight = False
-            self.close()
+            if self.request_done:
+                self.close()
+            else:
+                self.linger()  # the rest of a refused body may still be on its way
             return
         self._maybe_cycle()
 
@@ -411,7 +441,7 @@ class ClientConnection(asyncio.Protocol):
             for name, value in extra():
                 head += name + b": " + value + b"\r\n"
         self.transport.write(head + b"\r\n" + body)
-        self.close()
+        self.linger()
 
     # ---- keep-alive cycle ---------------------------------------------------
 
@@ -425,22 +455,40 @@ class ClientConnection(asyncio.Protocol):
             self.close()
             return
         self.h11.start_next_cycle()
-        self.head_buf = bytearray()
         self.in_flight = False
         self.sink = None
-        if self.reading_paused:
-            self._resume_reading()
         self._arm_keepalive_timer()
-        # Pipelined requests already buffered: h11 hands them out now, in order.
-        self.loop.call_soon(self._process_pipelined)
-
-    def _process_pipelined(self) -> None:
-        if self.closed or self.in_flight:
-            return
+        # Pipelined bytes already buffered were never scanned as a head: do it now,
+        # once, before h11 hands them out (and reset the scan for what comes next).
+        self.head_buf = bytearray()
         pending = self.h11.trailing_data[0]
         if pending and not self._scan_head(pending):
             return
+        if not self.processing:
+            self.cycles = 0
+        self.cycles += 1
+        if not self.writable or self.cycles >= PIPELINE_BATCH:
+            # Bounded pipelining: the client must read our answers first
+            # (resume_writing continues), and other connections get their turn.
+            self._pause_reading()
+            if self.writable:
+                self.loop.call_soon(self._process_pipelined)
+            return
+        if self.reading_paused:
+            self._resume_reading()
+        if not self.processing:
+            self.loop.call_soon(self._process_pipelined)
+
+    def _process_pipelined(self) -> None:
+        if self.closed or self.in_flight or self.lingering or not self.writable:
+            return
+        if self.reading_paused:
+            self._resume_reading()
         self._process()
+
+    def _break_batch(self) -> bool:
+        """True when _process must stop handing out pipelined requests for now."""
+        return not self.writable or self.cycles >= PIPELINE_BATCH
 
     def _client_gone(self) -> None:
         sink = self.sink
@@ -466,6 +514,27 @@ class ClientConnection(asyncio.Protocol):
 
     def resume_reading(self) -> None:
         self._resume_reading()
+
+    def linger(self) -> None:
+        """Close after an answer while the client may still be sending.
+
+        RFC 9112 §9.6: closing with unread input makes the kernel send a RST that
+        can destroy our answer before the client reads it. So: half-close, read and
+        discard for a moment, then close.
+        """
+        if self.closed or self.transport is None:
+            return
+        self.uncork()
+        self._cancel_timer()
+        self.lingering = True
+        self.sink = None
+        self.in_flight = False
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        if self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()
+        self.timer = self.loop.call_later(LINGER_S, self.close)
 
     def close(self) -> None:
         if not self.closed:
