@@ -308,11 +308,11 @@ class Exchange:
             self.upstream = conn
             if buffered:
                 self.upstream_model = router.model_for(plan, provider)
-            head_future = self._send(conn, provider, key, plan_body=router.body_for(plan, provider) if buffered else None)
             self.t_sent = perf_counter()
-            wait = min(provider.first_byte_timeout_s, self.deadline - self.t_sent)
+            wait = max(0.0, min(provider.first_byte_timeout_s, self.deadline - self.t_sent))
+            head_future = self._send(conn, provider, key, wait, plan_body=router.body_for(plan, provider) if buffered else None)
             try:
-                head = await asyncio.wait_for(head_future, max(wait, 0.0))
+                head = await head_future
             except (TimeoutError, UpstreamError) as exc:
                 conn.detach()
                 self.upstream = self.upload = None
@@ -394,7 +394,9 @@ class Exchange:
         else:
             pool.on_success(key)
 
-    def _send(self, conn: UpstreamConnection, provider: Provider, key: str, plan_body: bytes | None) -> asyncio.Future[h11.Response]:
+    def _send(
+        self, conn: UpstreamConnection, provider: Provider, key: str, head_timeout: float, plan_body: bytes | None
+    ) -> asyncio.Future[h11.Response]:
         """Build the upstream request (SPEC 5.4) and send it; a known body goes in one write."""
         request = self.request
         headers = filter_headers(list(request.headers), REQUEST_DROP)
@@ -410,7 +412,7 @@ class Exchange:
         if plan_body is not None:
             headers.append((b"content-length", str(len(plan_body)).encode()))
             upstream_request = _request(request.method, self.gw.router.upstream_path(self.endpoint, provider), headers)
-            return conn.start(upstream_request, plan_body, provider.read_timeout_s)
+            return conn.start(upstream_request, plan_body, provider.read_timeout_s, head_timeout)
         # Streamed body: same framing as the client used.
         cl = get_header(request.headers, b"content-length")
         chunked = get_header(request.headers, b"transfer-encoding") is not None
@@ -421,11 +423,11 @@ class Exchange:
         has_body = cl is not None or chunked
         upstream_request = _request(request.method, self.gw.router.upstream_path(self.endpoint, provider), headers)
         if not has_body:
-            return conn.start(upstream_request, b"", provider.read_timeout_s)
+            return conn.start(upstream_request, b"", provider.read_timeout_s, head_timeout)
         if self.body_done:
             body = b"".join(self.body_parts)
-            return conn.start(upstream_request, body, provider.read_timeout_s)
-        fut = conn.start(upstream_request, None, provider.read_timeout_s)
+            return conn.start(upstream_request, body, provider.read_timeout_s, head_timeout)
+        fut = conn.start(upstream_request, None, provider.read_timeout_s, head_timeout)
         for part in self.body_parts:
             conn.send_body(part)
         self.upload = conn

@@ -248,6 +248,9 @@ async def test_workers_serve_restart_and_stop(tmp_path: Path, mock_upstream: Moc
 
             os.kill(victim, signal.SIGKILL)
             await wait_until(gone, what=f"worker {victim} gone")
+            # A thread-group leader shows as a zombie while its other threads (log
+            # writers) still hold the fd table: wait until its socket has really closed.
+            await wait_until(lambda: listening_sockets(gw.port) == 1, timeout=5, what="the dead worker's socket closed")
             # the other worker keeps serving while the dead one is replaced
             assert await fresh_requests(gw.port, 3) == [200] * 3
             await wait_until(replaced, timeout=5, what="a replacement worker")

@@ -33,6 +33,8 @@ PIPELINE_BUFFER_LIMIT = 256 * 1024
 PIPELINE_BATCH = 16
 # How long a refused client may keep sending before the socket is closed (RFC 9112 §9.6).
 LINGER_S = 2.0
+# ...closing earlier once nothing arrived for this long.
+LINGER_QUIET_S = 0.25
 
 
 class Handler(Protocol):
@@ -103,7 +105,8 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.lingering:
-            return  # RFC 9112 §9.6: read and discard until the client closes
+            self.linger_last = self.loop.time()
+            return  # RFC 9112 §9.6: read and discard until the client is quiet or closes
         if self.head_buf is not None and not self._scan_head(data):
             return
         if self.in_flight and self.request_done:
@@ -534,7 +537,22 @@ class ClientConnection(asyncio.Protocol):
         if self.reading_paused:
             self.reading_paused = False
             self.transport.resume_reading()
-        self.timer = self.loop.call_later(LINGER_S, self.close)
+        now = self.loop.time()
+        self.linger_last = now
+        self.linger_until = now + LINGER_S
+        self.timer = self.loop.call_later(LINGER_QUIET_S, self._linger_check)
+
+    linger_last = 0.0
+    linger_until = 0.0
+
+    def _linger_check(self) -> None:
+        """Close once the client went quiet (or at the cap), like nginx's lingering_timeout."""
+        self.timer = None
+        now = self.loop.time()
+        if now - self.linger_last >= LINGER_QUIET_S or now >= self.linger_until:
+            self.close()
+            return
+        self.timer = self.loop.call_at(min(self.linger_last + LINGER_QUIET_S, self.linger_until), self._linger_check)
 
     def close(self) -> None:
         if not self.closed:

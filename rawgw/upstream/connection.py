@@ -59,7 +59,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.last_read = 0.0
         self.read_timeout = 300.0
         self.silence_timer: asyncio.TimerHandle | None = None
-        self.idle_timer: asyncio.TimerHandle | None = None
+        self.head_timer: asyncio.TimerHandle | None = None
+        self.idle_since = 0.0  # loop time it went back to the pool (the pool reaps)
         self.on_writable: object = None  # callable(bool) for request-body back-pressure
         self.connected = asyncio.get_running_loop().create_future()
 
@@ -120,10 +121,15 @@ class UpstreamConnection(asyncio.Protocol):
 
     # ---- one exchange -------------------------------------------------------
 
-    def start(self, request: h11.Request, body: bytes | None, read_timeout: float) -> asyncio.Future[h11.Response]:
-        """Send the request head (and a known body); return the head's future."""
+    def start(
+        self, request: h11.Request, body: bytes | None, read_timeout: float, head_timeout: float | None = None
+    ) -> asyncio.Future[h11.Response]:
+        """Send the request head (and a known body); return the head's future.
+
+        With ``head_timeout`` the future fails with TimeoutError when no head came
+        in time: one timer handle, no wait_for wrapper per attempt.
+        """
         assert self.transport is not None
-        self._cancel_idle_timer()
         if self.closed or self.transport.is_closing():
             fut: asyncio.Future[h11.Response] = self.loop.create_future()
             fut.set_exception(UpstreamError("reset", "upstream connection closed before the request was sent"))
@@ -132,6 +138,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.streaming = False
         self.read_timeout = read_timeout
         self.head_waiter = self.loop.create_future()
+        if head_timeout is not None:
+            self.head_timer = self.loop.call_later(head_timeout, self._head_timeout)
         data = self.h11.send(request) or b""
         if body is None:
             self.transport.write(data)
@@ -204,7 +212,16 @@ class UpstreamConnection(asyncio.Protocol):
                 self._fail(UpstreamError("reset", "upstream closed the connection"))
                 return
 
+    def _head_timeout(self) -> None:
+        self.head_timer = None
+        waiter = self.head_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(TimeoutError())
+
     def _on_head(self, response: h11.Response) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
         te = cl = False
         size = 15 + len(response.reason)
         for name, value in response.headers:
@@ -275,25 +292,13 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.silence_timer = self.loop.call_at(deadline, self._silence_check)
 
-    def arm_idle_timer(self, idle_s: float) -> None:
-        self._cancel_idle_timer()
-        self.idle_timer = self.loop.call_later(idle_s, self._idle_expired)
-
-    def _idle_expired(self) -> None:
-        self.idle_timer = None
-        if not self.busy:
-            self.abort()
-
-    def _cancel_idle_timer(self) -> None:
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
-
     def _cancel_timers(self) -> None:
         if self.silence_timer is not None:
             self.silence_timer.cancel()
             self.silence_timer = None
-        self._cancel_idle_timer()
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
 
     def abort(self) -> None:
         """Close at once (RST-free abort of the transport); never pooled again."""

@@ -56,6 +56,7 @@ class OriginPool:
         self.open: set[UpstreamConnection] = set()
         self.waiters: deque[asyncio.Future[None]] = deque()
         self.connecting = 0
+        self.reaper: asyncio.TimerHandle | None = None  # one timer per pool, not per release
 
     @property
     def size(self) -> int:
@@ -145,11 +146,26 @@ class OriginPool:
     def release(self, conn: UpstreamConnection) -> None:
         """Back to the pool after a clean exchange."""
         if conn.reusable:
-            conn.arm_idle_timer(self.idle_s)
+            conn.idle_since = conn.loop.time()
             self.idle.append(conn)
+            if self.reaper is None:
+                self.reaper = conn.loop.call_at(conn.idle_since + self.idle_s, self._reap)
             self._wake()
         else:
             conn.abort()
+
+    def _reap(self) -> None:
+        """Close connections idle for pool_idle_s; re-arm for the next one due."""
+        self.reaper = None
+        if not self.idle:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        # idle is LIFO: the oldest are at the left end
+        while self.idle and now - self.idle[0].idle_since >= self.idle_s:
+            self.idle.popleft().abort()
+        if self.idle:
+            self.reaper = loop.call_at(self.idle[0].idle_since + self.idle_s, self._reap)
 
     def discard(self, conn: UpstreamConnection) -> None:
         if conn in self.open:
@@ -168,6 +184,9 @@ class OriginPool:
                 return
 
     def close(self) -> None:
+        if self.reaper is not None:
+            self.reaper.cancel()
+            self.reaper = None
         for conn in list(self.open):
             conn.abort()
 
