@@ -223,7 +223,7 @@ def percentile(sorted_values: Sequence[float], q: float) -> float | None:
     """Nearest-rank percentile of an already sorted sequence (q in 0..100)."""
     if not sorted_values:
         return None
-    k = max(0, min(len(sorted_values) - 1, int(round(q / 100.0 * len(sorted_values) + 0.5)) - 1))
+    k = max(0, min(len(sorted_values) - 1, round(q / 100.0 * len(sorted_values) + 0.5) - 1))
     return sorted_values[k]
 
 
@@ -259,6 +259,16 @@ def wait_port(port: int, timeout: float, host: str = "127.0.0.1") -> bool:
     return False
 
 
+def _die_with_parent() -> None:
+    """PR_SET_PDEATHSIG: the child gets SIGTERM if the bench process dies (even by SIGKILL)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 class Proc:
     """A child process whose stdout lines are read by a thread into a queue."""
 
@@ -276,11 +286,12 @@ class Proc:
         self.cmd = list(cmd)
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.stderr_path = str(stderr_path) if stderr_path else None
-        self._stderr = open(self.stderr_path, "wb") if self.stderr_path else subprocess.DEVNULL
+        self._stderr = open(self.stderr_path, "wb") if self.stderr_path else subprocess.DEVNULL  # noqa: SIM115 - closed in stop()
         pin = set(cpus) if cpus else None
 
         def pre() -> None:
             os.setsid()  # its own process group: we can end it and its children, and nothing else
+            _die_with_parent()
             if pin:
                 os.sched_setaffinity(0, pin)
 
@@ -393,7 +404,7 @@ def child_env(extra: dict | None = None) -> dict:
 class ChunkedDecoder:
     """Incremental ``Transfer-Encoding: chunked`` decoder; no trailers expected."""
 
-    __slots__ = ("buf", "need", "state", "done")
+    __slots__ = ("buf", "done", "need", "state")
 
     def __init__(self) -> None:
         self.buf = bytearray()
@@ -462,9 +473,9 @@ def parse_head(head: bytes) -> tuple[int, dict[bytes, bytes]]:
 
 def install_uvloop() -> str:
     try:
-        import asyncio  # noqa: PLC0415
+        import asyncio
 
-        import uvloop  # noqa: PLC0415
+        import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
         return "uvloop"
@@ -487,5 +498,5 @@ def fmt(value: float | int | None, digits: int = 0, unit: str = "") -> str:
 def guarded(fn: Callable[[], object], default: object = None) -> object:
     try:
         return fn()
-    except Exception:  # noqa: BLE001
+    except Exception:
         return default

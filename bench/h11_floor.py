@@ -32,8 +32,8 @@ from time import perf_counter
 import h11
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import median  # noqa: E402
-from mock_upstream import BODY, EV_PREFIX  # noqa: E402
+from benchlib import median
+from mock_upstream import BODY, EV_PREFIX
 
 REQ_BODY = b'{"model":"m","messages":[{"role":"user","content":"hi"}]}'
 CLIENT_REQUEST = (

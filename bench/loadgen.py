@@ -33,7 +33,7 @@ from pathlib import Path
 from time import perf_counter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import ChunkedDecoder, install_uvloop, percentile, raise_nofile, rnd  # noqa: E402
+from benchlib import ChunkedDecoder, install_uvloop, percentile, raise_nofile, rnd
 
 DEFAULT_BODY = b'{"model":"m","messages":[{"role":"user","content":"hi"}]}'
 STREAM_BODY = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}'
@@ -65,7 +65,7 @@ def _nodelay(transport: asyncio.BaseTransport) -> None:
 class ResponseReader:
     """Incremental reader of one response at a time: head, then CL or chunked body."""
 
-    __slots__ = ("buf", "status", "cl", "chunked", "decoder", "head_done", "body_cb")
+    __slots__ = ("body_cb", "buf", "chunked", "cl", "decoder", "head_done", "status")
 
     def __init__(self) -> None:
         self.buf = bytearray()
@@ -151,7 +151,7 @@ class RpsRun:
 
 
 class RpsConn(asyncio.Protocol):
-    __slots__ = ("run", "transport", "reader", "t0", "busy", "lost")
+    __slots__ = ("busy", "lost", "reader", "run", "t0", "transport")
 
     def __init__(self, run: RpsRun) -> None:
         self.run = run
@@ -222,7 +222,7 @@ async def rps_main(args: argparse.Namespace) -> dict:
                 _, proto = await asyncio.wait_for(
                     loop.create_connection(lambda: RpsConn(run), args.host, args.port), 10
                 )
-            except (OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError) as exc:
                 run.note_error(f"connect: {exc!r}")
                 run.reconnects += 1
                 await asyncio.sleep(0.05)
@@ -254,7 +254,7 @@ async def rps_main(args: argparse.Namespace) -> dict:
     if run.inflight > 0:
         try:
             await asyncio.wait_for(run.idle.wait(), 5)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
     for c in conns:
         if c.transport is not None:
@@ -429,7 +429,7 @@ async def open_streams(
                 return
             try:
                 _, proto = await asyncio.wait_for(loop.create_connection(make, args.host, args.port), min(left, 10))
-            except (OSError, asyncio.TimeoutError):
+            except (TimeoutError, OSError):
                 return
             out[k] = proto  # type: ignore[assignment]
 
@@ -453,7 +453,7 @@ async def sse_main(args: argparse.Namespace) -> dict:
     if live:
         try:
             await asyncio.wait_for(asyncio.gather(*(s.finished for s in live)), max(0.1, deadline - perf_counter()))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
     for s in live:
         if s.transport is not None:
@@ -509,13 +509,13 @@ async def hold_main(args: argparse.Namespace) -> dict:
                     loop.create_connection(lambda: StreamConn(request, args.events, keep_body=False), args.host, args.port),
                     min(left, 10),
                 )
-            except (OSError, asyncio.TimeoutError):
+            except (TimeoutError, OSError):
                 return
             streams.append(s)  # type: ignore[arg-type]
             s.send()  # type: ignore[attr-defined]
             try:
                 await asyncio.wait_for(asyncio.shield(s.first_event), max(0.1, deadline - perf_counter()))  # type: ignore[attr-defined]
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     await asyncio.gather(*(one() for _ in range(args.streams)))
@@ -535,7 +535,7 @@ async def hold_main(args: argparse.Namespace) -> dict:
         pass
     try:
         await asyncio.wait_for(closed, args.hold)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     still = sum(1 for s in streams if not s.finished.done())
     for s in streams:

@@ -34,7 +34,7 @@ from email.utils import formatdate
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import install_uvloop, raise_nofile  # noqa: E402
+from benchlib import install_uvloop, raise_nofile
 
 CONTENT = ("The quick brown fox jumps over the lazy dog. " * 12).strip()
 
@@ -106,7 +106,7 @@ class Answers:
 
 
 class MockConn(asyncio.Protocol):
-    __slots__ = ("ans", "loop", "transport", "buf", "busy", "closed", "timer", "sha", "i", "n", "interval", "t0", "cut", "defaults")
+    __slots__ = ("ans", "buf", "busy", "closed", "cut", "defaults", "i", "interval", "loop", "n", "sha", "t0", "timer", "transport")
 
     def __init__(self, ans: Answers, defaults: tuple[int, float]) -> None:
         self.ans = ans

@@ -37,10 +37,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchlib as bl  # noqa: E402
+import benchlib as bl
 
 PY = sys.executable
 BENCH = bl.BENCH_DIR
@@ -210,9 +211,9 @@ def start_fastapi(tmp: Path, upstream_port: int, cpus: list[int] | None) -> tupl
         reason = p.stderr_tail(3) or "did not start"
         stop(p)
         return None, f"fastapi proxy failed to start: {reason}"
-    import fastapi  # noqa: PLC0415
-    import httpx  # noqa: PLC0415
-    import uvicorn  # noqa: PLC0415
+    import fastapi
+    import httpx
+    import uvicorn
 
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"
     return Target("fastapi", int(m.group(1)), p, note=f"fastapi {fastapi.__version__}, uvicorn {uvicorn.__version__} ({http}), httpx {httpx.__version__}"), ""
@@ -337,11 +338,36 @@ def wrk_point(tmp: Path, t: Target, conns: int, duration: float, cpus: list[int]
 CLIENT = {"name": "loadgen"}
 
 
+def overhead_metric(port: int) -> tuple[float, int] | None:
+    """(sum s, count) of rawgw_overhead_seconds from the gateway's /metrics, or None."""
+    try:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": "Bearer bench-key"})
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            text = resp.read().decode()
+    except (OSError, ValueError):
+        return None
+    total = count = None
+    for line in text.splitlines():
+        if line.startswith("rawgw_overhead_seconds_sum"):
+            total = float(line.split()[-1])
+        elif line.startswith("rawgw_overhead_seconds_count"):
+            count = int(float(line.split()[-1]))
+    return None if total is None or count is None else (total, count)
+
+
 def rps_point(tmp: Path, t: Target, conns: int, duration: float, warmup: float, cpus: list[int] | None) -> dict:
+    before = overhead_metric(t.port) if t.name.startswith("rawgw") else None
     if CLIENT["name"] == "wrk":
-        return wrk_point(tmp, t, conns, duration, cpus)
-    args = ["rps", "--port", str(t.port), "-c", str(conns), "-d", str(duration), "--warmup", str(warmup), "--sync"]
-    return run_loadgen(tmp, args, cpus, duration + warmup + 60, t)
+        res = wrk_point(tmp, t, conns, duration, cpus)
+    else:
+        args = ["rps", "--port", str(t.port), "-c", str(conns), "-d", str(duration), "--warmup", str(warmup), "--sync"]
+        res = run_loadgen(tmp, args, cpus, duration + warmup + 60, t)
+    after = overhead_metric(t.port) if before is not None else None
+    if before is not None and after is not None and after[1] > before[1]:
+        # What the gateway says it spent (Server-Timing gw / rawgw_overhead_seconds), mean
+        # over this point (warm-up included): to compare with the measured +p50 and CPU.
+        res["self_reported_overhead_us"] = round((after[0] - before[0]) / (after[1] - before[1]) * 1e6, 1)
+    return res
 
 
 def sse_point(tmp: Path, t: Target, streams: int, events: int, interval_ms: float, cpus: list[int] | None) -> dict:
@@ -368,10 +394,10 @@ def med_runs(runs: list[dict], keys: tuple[str, ...]) -> dict:
     return out
 
 
-RPS_KEYS = ("requests", "ok", "rps", "p50_ms", "p90_ms", "p99_ms", "max_ms", "cpu_us_per_req", "cpu_us_per_req_sched", "cpu_sys_pct", "cpu_util_pct", "runq_wait_pct")
+RPS_KEYS = ("requests", "ok", "rps", "p50_ms", "p90_ms", "p99_ms", "max_ms", "cpu_us_per_req", "cpu_us_per_req_sched", "cpu_sys_pct", "cpu_util_pct", "runq_wait_pct", "self_reported_overhead_us")
 SSE_KEYS = (
     "exact", "exact_pct", "complete", "events", "events_expected", "ttfe_p50_ms", "ttfe_p99_ms", "delay_p50_ms",
-    "delay_p99_ms", "delay_max_ms", "coalesced_pct", "cpu_us_per_event", "cpu_util_pct", "runq_wait_pct",
+    "delay_p99_ms", "delay_max_ms", "coalesced_pct", "cpu_us_per_event", "cpu_sys_pct", "cpu_util_pct", "runq_wait_pct",
 )
 
 
@@ -415,6 +441,61 @@ def mem_point(tmp: Path, name: str, make, streams: int, rig: list[int] | None, w
         }
     finally:
         stop(t.proc)
+
+
+def top_frames(raw: str, n: int = 15) -> dict:
+    """Self and inclusive shares of functions from py-spy's raw (collapsed) output."""
+    selfc: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for line in raw.splitlines():
+        stack, _, count = line.rstrip().rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        k = int(count)
+        total += k
+        # "func (path/file.py:123)" -> "func (path/file.py)": one row per function.
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";") if f]
+        if not frames:
+            continue
+        selfc[frames[-1]] = selfc.get(frames[-1], 0) + k
+        for f in set(frames):
+            incl[f] = incl.get(f, 0) + k
+    if not total:
+        return {"samples": 0}
+
+    def top(d: dict[str, int]) -> list[list]:
+        return [[f, round(100 * c / total, 1)] for f, c in sorted(d.items(), key=lambda kv: -kv[1])[:n]]
+
+    return {"samples": total, "self_pct": top(selfc), "inclusive_pct": top(incl)}
+
+
+def profile_point(tmp: Path, t: Target, kind: str, seconds: float, rig: list[int] | None) -> dict:
+    """py-spy record of the gateway under one load, outside the measured points."""
+    exe = shutil.which("py-spy")
+    if exe is None:
+        return {"skipped": "py-spy not installed (pip install py-spy)"}
+    if kind == "rps":
+        args = ["rps", "--port", str(t.port), "-c", "64", "-d", str(seconds + 2), "--warmup", "0"]
+    else:
+        args = ["sse", "--port", str(t.port), "-s", "500", "--events", str(int((seconds + 2) * 100)), "--interval-ms", "10"]
+    lg = start("loadgen", [PY, str(BENCH / "loadgen.py"), *args], rig, tmp)
+    try:
+        time.sleep(1.0)
+        out = tmp / f"profile-{kind}.txt"
+        cmd = [exe, "record", "-p", str(t.proc.pid), "-d", str(int(seconds)), "-r", "250", "-f", "raw", "-o", str(out), "--nonblocking"]  # type: ignore[union-attr]
+        pin = (lambda: os.sched_setaffinity(0, set(rig))) if rig else None
+        try:
+            subprocess.run(cmd, capture_output=True, timeout=seconds + 30, preexec_fn=pin)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return {"error": f"py-spy failed: {exc}"}
+        lg.wait_for(r"^RESULT ", seconds + 60)
+        try:
+            return {"load": " ".join(args[:1] + args[3:]), **top_frames(out.read_text())}
+        except OSError:
+            return {"error": "py-spy wrote no profile (ptrace not permitted?)"}
+    finally:
+        stop(lg)
 
 
 # ---- report -----------------------------------------------------------------------------
@@ -498,6 +579,10 @@ def print_report(res: dict) -> None:
                     f"{name:10s} {c:>5s} {bl.fmt(r.get('rps')):>9s} {bl.fmt(r.get('p50_ms'), 3):>8s} {bl.fmt(r.get('p99_ms'), 3):>8s} "
                     f"{bl.fmt(added, 3):>8s} {bl.fmt(r.get('cpu_us_per_req'), 0):>10s} {bl.fmt(r.get('cpu_sys_pct'), 0):>6s} {bl.fmt(r.get('cpu_util_pct'), 0):>6s} {bl.fmt(r.get('runq_wait_pct'), 0):>6s} {r.get('errors', 0):>6}"
                 )
+    rg = rps.get("rawgw") or {}
+    so = [(c, r.get("self_reported_overhead_us")) for c, r in rg.items() if r.get("self_reported_overhead_us") is not None]
+    if so:
+        out.append("rawgw self-reported overhead (rawgw_overhead_seconds mean): " + ", ".join(f"{v:.0f} µs at {c}" for c, v in so))
     acc = res.get("access")
     if acc and "error" not in acc:
         out.append(f"\naccess log on vs off at 64 connections: req/s ×{bl.fmt(acc.get('rps_ratio'), 3)}, CPU/request ×{bl.fmt(acc.get('cpu_ratio'), 3)}")
@@ -506,7 +591,7 @@ def print_report(res: dict) -> None:
     sse = res.get("sse") or {}
     if sse:
         out.append("\nSSE (events at the given interval; delay = receive − mock send stamp)")
-        out.append(f"{'target':10s} {'streams':>7s} {'exact %':>7s} {'TTFE p50':>9s} {'+TTFE':>7s} {'delay p50':>9s} {'p99':>8s} {'+p99':>8s} {'coalesced':>9s} {'CPU %':>6s} {'wait %':>6s}")
+        out.append(f"{'target':10s} {'streams':>7s} {'exact %':>7s} {'TTFE p50':>9s} {'+TTFE':>7s} {'delay p50':>9s} {'p99':>8s} {'+p99':>8s} {'coalesced':>9s} {'CPU %':>6s} {'wait %':>6s} {'µs/event':>8s}")
         for name, points in sse.items():
             for n, r in points.items():
                 if "error" in r:
@@ -518,7 +603,8 @@ def print_report(res: dict) -> None:
                 out.append(
                     f"{name:10s} {n:>7s} {bl.fmt(r.get('exact_pct'), 1):>7s} {bl.fmt(r.get('ttfe_p50_ms'), 2):>9s} {bl.fmt(at, 2):>7s} "
                     f"{bl.fmt(r.get('delay_p50_ms'), 2):>9s} {bl.fmt(r.get('delay_p99_ms'), 2):>8s} {bl.fmt(ap, 2):>8s} "
-                    f"{bl.fmt(r.get('coalesced_pct'), 2):>8s}% {bl.fmt(r.get('cpu_util_pct'), 0):>6s} {bl.fmt(r.get('runq_wait_pct'), 0):>6s}"
+                    f"{bl.fmt(r.get('coalesced_pct'), 2):>8s}% {bl.fmt(r.get('cpu_util_pct'), 0):>6s} {bl.fmt(r.get('runq_wait_pct'), 0):>6s} "
+                    f"{bl.fmt(r.get('cpu_us_per_event'), 1):>8s}"
                 )
     mem = res.get("mem") or {}
     if mem:
@@ -541,6 +627,14 @@ def print_report(res: dict) -> None:
                 out.append(f"  workers {k}: {bl.fmt(v.get('rps'))} req/s, CPU {bl.fmt(v.get('cpu_us_per_req'))} µs/req")
             else:
                 out.append(f"  workers {k}: {v if not isinstance(v, dict) else v.get('error')}")
+    prof = res.get("profile") or {}
+    for kind, pr in prof.items():
+        if pr.get("self_pct"):
+            out.append(f"\nProfile of rawgw under {pr.get('load')} (py-spy, {pr['samples']} samples): top self")
+            for f, pct in pr["self_pct"][:12]:
+                out.append(f"  {pct:5.1f}%  {f}")
+        else:
+            out.append(f"\nProfile {kind}: {pr.get('skipped') or pr.get('error')}")
     tg = res.get("targets") or []
     if tg:
         out.append("\nTargets (issue 6, section 2)")
@@ -565,6 +659,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--events", type=int, help="SSE events per stream (default 100; quick 20)")
     p.add_argument("--interval-ms", type=float, default=10.0, help="SSE event interval (default 10)")
     p.add_argument("--mem-streams", help="open slow streams for memory (default 1000,5000; quick 200)")
+    p.add_argument("--profile", action="store_true", help="also py-spy record rawgw under 64-connection RPS and 500-stream SSE (extra load, not measured)")
     p.add_argument("--client", choices=("loadgen", "wrk"), default="loadgen", help="RPS load client: bench/loadgen.py (default) or wrk when installed")
     p.add_argument("--out", help="JSON result path (default bench/results/<UTC date-time>.json)")
     return p.parse_args(argv)
@@ -728,6 +823,12 @@ def main(argv: list[str] | None = None) -> int:
                 res["scaling"][str(w)] = med_runs(runs, RPS_KEYS)
                 stop(t.proc)
 
+        if args.profile and rawgw is not None:
+            res["profile"] = {}
+            for kind in ("rps", "sse"):
+                log(f"bench: profile rawgw under {kind}")
+                res["profile"][kind] = profile_point(tmp, rawgw, kind, 5 if quick else 10, rig_cpus)
+
         res["targets"] = evaluate(res)
     finally:
         res["meta"]["elapsed_s"] = round(time.monotonic() - t_begin, 1)
@@ -737,9 +838,8 @@ def main(argv: list[str] | None = None) -> int:
     # Verdict: numbers produced and SSE byte-exact through rawgw (never timing thresholds).
     problems = []
     rg = (res.get("rps") or {}).get("rawgw")
-    if "rps" in only and "rawgw" not in res["skipped"]:
-        if not rg or not any((p.get("ok") or 0) > 0 for p in rg.values()):
-            problems.append("rawgw answered no request successfully")
+    if "rps" in only and "rawgw" not in res["skipped"] and (not rg or not any((p.get("ok") or 0) > 0 for p in rg.values())):
+        problems.append("rawgw answered no request successfully")
     for n, r in ((res.get("sse") or {}).get("rawgw") or {}).items():
         if r.get("exact_pct_min", 0) < 100:
             problems.append(f"SSE through rawgw not byte-exact at {n} streams ({r.get('exact_pct_min')}%)")

@@ -21,7 +21,7 @@ from rawgw import __version__
 from rawgw.cache import ResponseCache
 from rawgw.config import Config, GatewayKey, Provider
 from rawgw.errors import GatewayError, retry_after_header
-from rawgw.http.headers import RESPONSE_DROP, filter_headers, get_header
+from rawgw.http.headers import RESPONSE_DROP, filter_headers, get_header, plain_headers
 from rawgw.observe.recorder import Recorder
 from rawgw.relay import Exchange
 from rawgw.routing.auth import authenticate, presented_key
@@ -134,10 +134,11 @@ class Gateway:
 
     def on_request(self, client: ClientConnection, request: h11.Request) -> None:
         t0 = perf_counter()
-        rid = get_header(request.headers, b"x-request-id")
+        hdrs = plain_headers(request.headers)
+        rid = get_header(hdrs, b"x-request-id")
         request_id = rid if rid is not None and valid_request_id(rid) else new_request_id()
         method = request.method
-        origin = get_header(request.headers, b"origin")
+        origin = get_header(hdrs, b"origin")
         try:
             endpoint = self.router.classify(request.target)
         except GatewayError as err:
@@ -148,7 +149,7 @@ class Gateway:
             return
         key: GatewayKey | None = None
         if endpoint.path not in self.public_paths and self.keys:
-            presented = presented_key(request.headers)
+            presented = presented_key(hdrs)
             key = authenticate(self.keys, self.encoded_keys, presented)
             if key is None:
                 msg = "missing gateway key: send Authorization: Bearer <key> or x-api-key" if presented is None else "invalid gateway key"
@@ -190,12 +191,12 @@ class Gateway:
                     extra,
                 )
                 return
-            ctype = get_header(request.headers, b"content-type")
+            ctype = get_header(hdrs, b"content-type")
             if ctype is not None and b"json" not in ctype.lower():
                 self._reject(client, request, GatewayError(415, "Content-Type must be application/json"), request_id, t0, key, extra)
                 return
         timeout = self.config.server.request_timeout_s
-        asked = get_header(request.headers, b"x-rawgw-timeout")
+        asked = get_header(hdrs, b"x-rawgw-timeout")
         if asked is not None:
             try:
                 value = float(asked)
@@ -203,7 +204,7 @@ class Gateway:
                 value = 0.0
             if value > 0:
                 timeout = min(timeout, value)
-        ex = Exchange(self, client, request, endpoint, key, request_id, t0, timeout)
+        ex = Exchange(self, client, request, endpoint, key, request_id, t0, timeout, hdrs)
         ex.extra_headers = extra
         client.sink = ex
         client.send_continue()
@@ -248,7 +249,7 @@ class Gateway:
             key = cache.key(scope, plan.upstream_model, plan.parsed, plan.endpoint.rest)
         except TypeError:  # integers beyond 64 bits: not cacheable, still served
             return False
-        cc = get_header(ex.request.headers, b"cache-control")
+        cc = get_header(ex.headers, b"cache-control")
         bypass = cc is not None and b"no-cache" in cc.lower()
         entry = None if bypass else cache.get(key)
         if entry is None:
@@ -293,7 +294,7 @@ class Gateway:
             out.append((b"server-timing", f"gw;dur={gw_ms:.3f}, upstream;dur={upstream_ms:.3f}".encode()))
         else:
             out.append((b"server-timing", f"gw;dur={(now - ex.t0) * 1000:.3f}".encode()))
-        out.extend(self.cors_headers(get_header(ex.request.headers, b"origin")))
+        out.extend(self.cors_headers(get_header(ex.headers, b"origin")))
         return out
 
     def cors_headers(self, origin: bytes | None) -> list[Header]:
@@ -316,7 +317,7 @@ class Gateway:
         headers = self.cors_headers(origin)
         if not headers:
             return []
-        asked = get_header(request.headers, b"access-control-request-headers")
+        asked = get_header(plain_headers(request.headers), b"access-control-request-headers")
         allow = CORS_ALLOW_HEADERS
         if asked:
             allow = allow + b", " + asked

@@ -105,7 +105,7 @@ class LocalEndpoints:
 
     async def _models(self, ex: Exchange) -> None:
         try:
-            anthropic = get_header(ex.request.headers, b"anthropic-version") is not None
+            anthropic = get_header(ex.headers, b"anthropic-version") is not None
             providers = [
                 p
                 for p in self.gw.config.providers.values()

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import h11
 
 from rawgw.errors import GatewayError
-from rawgw.http.headers import REQUEST_DROP, filter_headers, get_header
+from rawgw.http.headers import REQUEST_DROP, filter_headers, get_header, plain_headers
 from rawgw.observe.usage import extract_usage
 from rawgw.upstream.connection import UpstreamConnection, UpstreamError
 from rawgw.upstream.fetch import BodyCollector
@@ -74,6 +74,7 @@ class Exchange:
         "finished",
         "first_piece",
         "gw",
+        "headers",
         "key",
         "outcome",
         "overhead_s",
@@ -107,6 +108,7 @@ class Exchange:
         request_id: bytes,
         t0: float,
         timeout: float,
+        headers: list[Header] | None = None,
     ) -> None:
         self.gw = gw
         self.client = client
@@ -138,6 +140,8 @@ class Exchange:
         self.stream = False
         self.error = ""
         self.response_headers: list[Header] = []
+        # scanned several times: a plain list, made once (by the dispatcher when it can)
+        self.headers = headers if headers is not None else plain_headers(request.headers)
         self.connect_s = 0.0
         self.overhead_s: float | None = None
         # references to body pieces (no copies) for usage accounting at the end
@@ -368,7 +372,7 @@ class Exchange:
         """Answer with an upstream response read earlier in the chain, unchanged."""
         self.provider = provider.name
         self.status = head.status_code
-        self.response_headers = list(head.headers)
+        self.response_headers = plain_headers(head.headers)
         headers = filter_headers(self.response_headers, self.gw.response_drop)
         if self.extra_headers:
             own = {name for name, _ in self.extra_headers}
@@ -384,7 +388,7 @@ class Exchange:
 
     def _account(self, pool: KeyPool, key: str, status: int, head: h11.Response) -> None:
         if status == 429:
-            pool.on_429(key, head.headers)
+            pool.on_429(key, plain_headers(head.headers))
         elif status in KEY_DISABLING:
             pool.on_auth_failure(key)
         elif status >= 500:
@@ -399,11 +403,11 @@ class Exchange:
     ) -> asyncio.Future[h11.Response]:
         """Build the upstream request (SPEC 5.4) and send it; a known body goes in one write."""
         request = self.request
-        headers = filter_headers(list(request.headers), REQUEST_DROP)
+        headers = filter_headers(self.headers, REQUEST_DROP)
         headers.append((b"host", self.gw.authority(provider)))
         if provider.type == "anthropic":
             headers.append((b"x-api-key", key.encode()))
-            if get_header(request.headers, b"anthropic-version") is None:
+            if get_header(self.headers, b"anthropic-version") is None:
                 headers.append((b"anthropic-version", b"2023-06-01"))
         else:
             headers.append((b"authorization", b"Bearer " + key.encode()))
@@ -414,8 +418,8 @@ class Exchange:
             upstream_request = _request(request.method, self.gw.router.upstream_path(self.endpoint, provider), headers)
             return conn.start(upstream_request, plan_body, provider.read_timeout_s, head_timeout)
         # Streamed body: same framing as the client used.
-        cl = get_header(request.headers, b"content-length")
-        chunked = get_header(request.headers, b"transfer-encoding") is not None
+        cl = get_header(self.headers, b"content-length")
+        chunked = get_header(self.headers, b"transfer-encoding") is not None
         if cl is not None:
             headers.append((b"content-length", cl))
         elif chunked:
@@ -440,7 +444,7 @@ class Exchange:
         """Write the accepted head to the client and switch the body to callbacks."""
         self.provider = provider.name
         self.status = head.status_code
-        upstream_headers = list(head.headers)
+        upstream_headers = plain_headers(head.headers)
         headers = filter_headers(upstream_headers, self.gw.response_drop)
         if self.extra_headers:
             # the gateway's own x-ratelimit-* replace the provider's of the same name

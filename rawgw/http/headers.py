@@ -72,3 +72,17 @@ def get_header(headers: Iterable[Header], name: bytes) -> bytes | None:
 
 def header_values(headers: Iterable[Header], name: bytes) -> list[bytes]:
     return [v for n, v in headers if n == name]
+
+
+def plain_headers(headers: Iterable[Header]) -> list[Header]:
+    """h11's Headers as a plain list, once per message.
+
+    Iterating h11's Headers goes through ``Sequence.__iter__``/``__getitem__`` in
+    Python (~1.3 µs per scan of 7 headers); a list scan is ~0.2 µs, and a request
+    is scanned several times. ``_full_items`` is h11's backing list of
+    (raw name, lowercase name, value); without it, fall back to plain iteration.
+    """
+    items = getattr(headers, "_full_items", None)
+    if items is not None:
+        return [(name, value) for _, name, value in items]
+    return list(headers)

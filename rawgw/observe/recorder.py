@@ -93,7 +93,7 @@ class Recorder:
                 record = chat_record(
                     ex.request_id.decode(),
                     ex.endpoint.path,
-                    list(ex.request.headers),
+                    ex.headers,
                     ex.request_body,
                     status,
                     ex.response_headers,
