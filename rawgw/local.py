@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import h11
@@ -117,7 +118,7 @@ class LocalEndpoints:
                 from fnmatch import fnmatchcase
 
                 aliases = [a for a in aliases if any(fnmatchcase(a, g) for g in ex.key.models)]
-            body = anthropic_list(lists, aliases) if anthropic else openai_list(lists, aliases, providers)
+            body = anthropic_list(lists, aliases) if anthropic else openai_list(lists, aliases)
             if ex.client.closed:
                 return
             self._reply(ex.client, ex, 200, orjson.dumps(body))
@@ -167,23 +168,28 @@ class LocalEndpoints:
         return models
 
 
-def openai_list(lists: list[list[dict[str, Any]]], aliases: list[str], providers: list[Provider]) -> dict[str, Any]:
-    seen: set[str] = set()
-    data: list[dict[str, Any]] = []
+def _first_seen(lists: list[list[dict[str, Any]]], seen: set[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each model id once, from the first provider that lists it (priority order)."""
     for models in lists:
         for m in models:
             mid = m["id"]
-            if mid in seen:
-                continue
-            seen.add(mid)
-            item = {k: v for k, v in m.items() if k != "_provider"}
-            if m.get("type") == "model" and "object" not in m:
-                # an Anthropic-shaped entry read into the OpenAI shape
-                item = {"id": mid, "object": "model", "created": _epoch(m.get("created_at")), "owned_by": "anthropic", **item}
-            item.setdefault("object", "model")
-            item.setdefault("created", 0)
-            item.setdefault("owned_by", m.get("_provider", "rawgw"))
-            data.append(item)
+            if mid not in seen:
+                seen.add(mid)
+                yield mid, m
+
+
+def openai_list(lists: list[list[dict[str, Any]]], aliases: list[str]) -> dict[str, Any]:
+    seen: set[str] = set()
+    data: list[dict[str, Any]] = []
+    for mid, m in _first_seen(lists, seen):
+        item = {k: v for k, v in m.items() if k != "_provider"}
+        if m.get("type") == "model" and "object" not in m:
+            # an Anthropic-shaped entry read into the OpenAI shape
+            item = {"id": mid, "object": "model", "created": _epoch(m.get("created_at")), "owned_by": "anthropic", **item}
+        item.setdefault("object", "model")
+        item.setdefault("created", 0)
+        item.setdefault("owned_by", m.get("_provider", "rawgw"))
+        data.append(item)
     for alias in aliases:
         if alias not in seen:
             seen.add(alias)
@@ -194,20 +200,15 @@ def openai_list(lists: list[list[dict[str, Any]]], aliases: list[str], providers
 def anthropic_list(lists: list[list[dict[str, Any]]], aliases: list[str]) -> dict[str, Any]:
     seen: set[str] = set()
     data: list[dict[str, Any]] = []
-    for models in lists:
-        for m in models:
-            mid = m["id"]
-            if mid in seen:
-                continue
-            seen.add(mid)
-            data.append(
-                {
-                    "type": "model",
-                    "id": mid,
-                    "display_name": m.get("display_name") or m.get("name") or mid,
-                    "created_at": m.get("created_at") or _rfc3339(m.get("created")),
-                }
-            )
+    for mid, m in _first_seen(lists, seen):
+        data.append(
+            {
+                "type": "model",
+                "id": mid,
+                "display_name": m.get("display_name") or m.get("name") or mid,
+                "created_at": m.get("created_at") or _rfc3339(m.get("created")),
+            }
+        )
     for alias in aliases:
         if alias not in seen:
             seen.add(alias)

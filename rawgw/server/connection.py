@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from typing import TYPE_CHECKING, Protocol, cast
 
 import h11
@@ -18,6 +17,7 @@ import h11
 from rawgw.errors import REASONS, GatewayError
 from rawgw.http.date import http_date
 from rawgw.http.strict import head_violation
+from rawgw.http.tcp import set_nodelay
 
 if TYPE_CHECKING:
     from rawgw.config import ServerConfig
@@ -55,15 +55,6 @@ class Sink(Protocol):
     def on_writable(self, writable: bool) -> None: ...
 
 
-def _set_nodelay(transport: asyncio.BaseTransport) -> None:
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
-
-
 class ClientConnection(asyncio.Protocol):
     """h11 server state, header/keep-alive timers and back-pressure for one socket."""
 
@@ -98,7 +89,7 @@ class ClientConnection(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
         self.registry.add(self)
-        _set_nodelay(transport)
+        set_nodelay(transport)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else ""
         self._arm_header_timer()

@@ -9,10 +9,11 @@ that, body bytes are pushed to the exchange's callbacks straight from
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import TYPE_CHECKING, Protocol, cast
 
 import h11
+
+from rawgw.http.tcp import set_nodelay
 
 if TYPE_CHECKING:
     from rawgw.upstream.pool import OriginPool
@@ -69,12 +70,7 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        set_nodelay(transport)
 
     def data_received(self, data: bytes) -> None:
         if not self.busy:
