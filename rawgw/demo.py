@@ -153,7 +153,7 @@ def completion(model: str) -> bytes:
 
 def demo_config(upstream_port: int, port: int) -> dict[str, object]:
     return {
-        "server": {"host": "127.0.0.1", "port": port},
+        "server": {"host": "127.0.0.1", "port": port, "public_paths": ["/health", "/dashboard"]},
         "keys": [{"key": DEMO_KEY, "name": "demo"}],
         "providers": {
             "mock": {
@@ -230,6 +230,8 @@ Try it (gateway key: {DEMO_KEY}):
   curl -s {url}/v1/models -H 'Authorization: Bearer {DEMO_KEY}'
   curl -s {url}/health/providers -H 'Authorization: Bearer {DEMO_KEY}'
   curl -s {url}/metrics -H 'Authorization: Bearer {DEMO_KEY}'
+
+Dashboard (live, from /metrics.json): {url}/dashboard#key={DEMO_KEY}
 
 Ctrl-C stops it.""",
             flush=True,
