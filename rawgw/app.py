@@ -25,7 +25,7 @@ from rawgw.http.headers import RESPONSE_DROP, filter_headers, get_header, plain_
 from rawgw.observe.recorder import Recorder
 from rawgw.relay import Exchange
 from rawgw.routing.auth import authenticate, presented_key
-from rawgw.routing.ratelimit import RateLimiter
+from rawgw.routing.ratelimit import RATE_LIMIT_HEADERS, RateLimiter
 from rawgw.routing.router import Endpoint, Router
 from rawgw.server.connection import ClientConnection
 from rawgw.upstream.pool import Origin, OriginPool, Pools
@@ -37,8 +37,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("rawgw")
 
 Header = tuple[bytes, bytes]
-
-JSON = (b"content-type", b"application/json")
 
 CORS_RESPONSE_HEADERS = frozenset(
     {
@@ -85,7 +83,6 @@ class Gateway:
         self._apply(config)
         self.started = time.time()
         self.active_streams = 0
-        self.draining = False
         from rawgw.local import LocalEndpoints
 
         self.local: LocalEndpoints = LocalEndpoints(self)
@@ -98,11 +95,12 @@ class Gateway:
         self.cors_origins = config.server.cors_origins
         # With CORS on, the gateway's Access-Control-* answer replaces the provider's.
         self.response_drop = RESPONSE_DROP | CORS_RESPONSE_HEADERS if self.cors_origins else RESPONSE_DROP
-        self._authority: dict[str, bytes] = {}
+        self.response_drop_limited = self.response_drop | RATE_LIMIT_HEADERS
         self._provider_headers: dict[str, list[Header]] = {
             name: [(k.lower().encode(), v.encode()) for k, v in p.headers] for name, p in config.providers.items()
         }
         self._origins: dict[str, Origin] = {name: Origin(p.scheme, p.host, p.port, p.proxy) for name, p in config.providers.items()}
+        self._authority = {name: origin.authority.encode() for name, origin in self._origins.items()}
         self.chat_logging = config.logging.chat
         c = config.cache
         if not c.enabled:
@@ -119,10 +117,7 @@ class Gateway:
     # ---- per-provider lookups (computed once per config) --------------------
 
     def authority(self, provider: Provider) -> bytes:
-        value = self._authority.get(provider.name)
-        if value is None:
-            value = self._authority[provider.name] = self._origins[provider.name].authority.encode()
-        return value
+        return self._authority[provider.name]
 
     def provider_headers(self, provider: Provider) -> list[Header]:
         return self._provider_headers.get(provider.name, [])
@@ -134,18 +129,22 @@ class Gateway:
 
     def on_request(self, client: ClientConnection, request: h11.Request) -> None:
         t0 = perf_counter()
-        hdrs = plain_headers(request.headers)
+        hdrs = plain_headers(request.headers)  # scanned several times: a plain list, once
         rid = get_header(hdrs, b"x-request-id")
         request_id = rid if rid is not None and valid_request_id(rid) else new_request_id()
+        path = request.target.decode("latin-1").partition("?")[0]
+        # One Exchange per request, filled in as the dispatch learns more; whatever
+        # answers (an error, a local endpoint, the relay) answers through it.
+        ex = Exchange(self, client, request, Endpoint("unknown", path), None, request_id, t0, 0.0, hdrs)
         method = request.method
         origin = get_header(hdrs, b"origin")
         try:
-            endpoint = self.router.classify(request.target)
+            ex.endpoint = endpoint = self.router.classify(request.target)
         except GatewayError as err:
-            self._reject(client, request, err, request_id, t0)
+            ex.fail(err)
             return
         if method == b"OPTIONS" and self.cors_origins and origin is not None:
-            client.send_response(204, self._preflight_headers(origin, request), b"")
+            client.send_response(204, self._preflight_headers(origin, hdrs), b"")
             return
         key: GatewayKey | None = None
         if endpoint.path not in self.public_paths and self.keys:
@@ -153,47 +152,39 @@ class Gateway:
             key = authenticate(self.keys, self.encoded_keys, presented)
             if key is None:
                 msg = "missing gateway key: send Authorization: Bearer <key> or x-api-key" if presented is None else "invalid gateway key"
-                self._reject(client, request, GatewayError(401, msg), request_id, t0)
+                ex.fail(GatewayError(401, msg))
                 return
-        extra: list[Header] = []
+        ex.key = key
         if key is not None and key.rate_limit_rpm > 0:
-            wait, extra = self.limiter.check(key)
+            wait, ex.extra_headers = self.limiter.check(key)
             if wait > 0:
                 self.recorder.metrics.rate_limited[key.name] += 1
-                limited = GatewayError(
-                    429,
-                    f"rate limit of key '{key.name}' exceeded ({key.rate_limit_rpm} requests per minute)",
-                    headers=[retry_after_header(wait)],
-                    kind="rate_limited",
+                ex.fail(
+                    GatewayError(
+                        429,
+                        f"rate limit of key '{key.name}' exceeded ({key.rate_limit_rpm} requests per minute)",
+                        headers=[retry_after_header(wait)],
+                        kind="rate_limited",
+                    )
                 )
-                self._reject(client, request, limited, request_id, t0, key, extra)
                 return
-        if endpoint.kind == "local":
-            self.local.handle(self._local_exchange(client, request, endpoint, key, request_id, t0, extra))
+        kind = endpoint.kind
+        if kind == "local":
+            self.local.handle(ex)
             return
-        if endpoint.kind == "unknown":
-            self._reject(
-                client, request, GatewayError(404, f"unknown path {endpoint.path}", code="unknown_path"), request_id, t0, key, extra
-            )
+        if kind == "unknown":
+            ex.fail(GatewayError(404, f"unknown path {endpoint.path}", code="unknown_path"))
             return
-        if endpoint.kind == "models" and method in (b"GET", b"HEAD"):
-            self.local.models(self._local_exchange(client, request, endpoint, key, request_id, t0, extra))
+        if kind == "models" and method in (b"GET", b"HEAD"):
+            self.local.models(ex)
             return
-        if endpoint.kind == "routed":
+        if kind == "routed":
             if method != b"POST":
-                self._reject(
-                    client,
-                    request,
-                    GatewayError(405, f"{endpoint.path} accepts POST only", headers=[(b"allow", b"POST")]),
-                    request_id,
-                    t0,
-                    key,
-                    extra,
-                )
+                ex.fail(GatewayError(405, f"{endpoint.path} accepts POST only", headers=[(b"allow", b"POST")]))
                 return
             ctype = get_header(hdrs, b"content-type")
             if ctype is not None and b"json" not in ctype.lower():
-                self._reject(client, request, GatewayError(415, "Content-Type must be application/json"), request_id, t0, key, extra)
+                ex.fail(GatewayError(415, "Content-Type must be application/json"))
                 return
         timeout = self.config.server.request_timeout_s
         asked = get_header(hdrs, b"x-rawgw-timeout")
@@ -204,38 +195,10 @@ class Gateway:
                 value = 0.0
             if value > 0:
                 timeout = min(timeout, value)
-        ex = Exchange(self, client, request, endpoint, key, request_id, t0, timeout, hdrs)
-        ex.extra_headers = extra
+        ex.deadline = t0 + timeout
         client.sink = ex
         client.send_continue()
         ex.task = self.loop.create_task(ex.run())
-
-    def _local_exchange(
-        self,
-        client: ClientConnection,
-        request: h11.Request,
-        endpoint: Endpoint,
-        key: GatewayKey | None,
-        request_id: bytes,
-        t0: float,
-        extra: list[Header],
-    ) -> Exchange:
-        ex = Exchange(self, client, request, endpoint, key, request_id, t0, 0.0)
-        ex.extra_headers = extra
-        return ex
-
-    def _reject(
-        self,
-        client: ClientConnection,
-        request: h11.Request,
-        err: GatewayError,
-        request_id: bytes,
-        t0: float,
-        key: GatewayKey | None = None,
-        extra: list[Header] | None = None,
-    ) -> None:
-        path = request.target.decode("latin-1").partition("?")[0]
-        self._local_exchange(client, request, Endpoint("unknown", path), key, request_id, t0, extra or []).fail(err)
 
     # ---- response cache (non-streaming chat completions) --------------------
 
@@ -272,7 +235,8 @@ class Gateway:
 
     def cache_store(self, ex: Exchange, body: bytes) -> None:
         if self.cache is not None and ex.cache_key is not None:
-            headers = filter_headers(ex.response_headers, self.response_drop)
+            # a cached answer carries no provider rate-limit state: it would be stale
+            headers = filter_headers(ex.response_headers, self.response_drop_limited)
             self.cache.put(ex.cache_key, ex.status, headers, body, ex.provider)
 
     # ---- headers added to every response ------------------------------------
@@ -313,11 +277,11 @@ class Gateway:
             return [(b"access-control-allow-origin", b"*")]
         return []
 
-    def _preflight_headers(self, origin: bytes, request: h11.Request) -> list[Header]:
+    def _preflight_headers(self, origin: bytes, hdrs: list[Header]) -> list[Header]:
         headers = self.cors_headers(origin)
         if not headers:
             return []
-        asked = get_header(plain_headers(request.headers), b"access-control-request-headers")
+        asked = get_header(hdrs, b"access-control-request-headers")
         allow = CORS_ALLOW_HEADERS
         if asked:
             allow = allow + b", " + asked

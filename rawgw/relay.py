@@ -373,10 +373,7 @@ class Exchange:
         self.provider = provider.name
         self.status = head.status_code
         self.response_headers = plain_headers(head.headers)
-        headers = filter_headers(self.response_headers, self.gw.response_drop)
-        if self.extra_headers:
-            own = {name for name, _ in self.extra_headers}
-            headers = [h for h in headers if h[0] not in own]
+        headers = self._passable(self.response_headers)
         headers.extend(self.gw.response_extras(self, routed=True))
         self.bytes_out = len(body)
         self.error = f"every attempt failed; the last upstream answer ({head.status_code} from '{provider.name}') was returned"
@@ -440,16 +437,17 @@ class Exchange:
         self.client.send_continue()
         return fut
 
+    def _passable(self, upstream_headers: list[Header]) -> list[Header]:
+        """The upstream's end-to-end headers minus those the gateway sets itself."""
+        gw = self.gw
+        return filter_headers(upstream_headers, gw.response_drop_limited if self.extra_headers else gw.response_drop)
+
     def _start_response(self, head: h11.Response, conn: UpstreamConnection, provider: Provider) -> None:
         """Write the accepted head to the client and switch the body to callbacks."""
         self.provider = provider.name
         self.status = head.status_code
         upstream_headers = plain_headers(head.headers)
-        headers = filter_headers(upstream_headers, self.gw.response_drop)
-        if self.extra_headers:
-            # the gateway's own x-ratelimit-* replace the provider's of the same name
-            own = {name for name, _ in self.extra_headers}
-            headers = [h for h in headers if h[0] not in own]
+        headers = self._passable(upstream_headers)
         cl = get_header(upstream_headers, b"content-length")
         if cl is not None:
             # SPEC 6: the body passes unchanged, so its length stays.

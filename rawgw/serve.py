@@ -86,7 +86,6 @@ class Server:
             self.server.close()
         if gw is None:
             return
-        gw.draining = True
         grace = self.config.server.shutdown_grace_s if grace is None else grace
         for client in list(gw.clients):
             client.drain()

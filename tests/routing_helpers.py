@@ -13,8 +13,9 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 import pytest
-from conftest import GW_KEY, Gateway, Response, chat_request, free_port, raw_connection
+from conftest import GW_KEY, Gateway, Response, free_port
 from mock_upstream import Json, MockUpstream, RecordedRequest
+from ops_helpers import call as call_port
 
 # Provider keys: long enough to be masked, distinct in their last 4 characters.
 KEY_A = "sk-prov-key-alpha-0000aaaa"
@@ -95,22 +96,9 @@ def chat(model: str, **fields: Any) -> bytes:
     return json.dumps(doc).encode()
 
 
-async def call(
-    gw: Gateway,
-    body: bytes | None = None,
-    *,
-    path: str = "/v1/chat/completions",
-    method: str = "POST",
-    headers: Iterable[tuple[str, str]] = (),
-    key: str | None = GW_KEY,
-    auth: str = "bearer",
-    timeout: float = 5.0,
-) -> Response:
-    """One request on a fresh connection; the complete response."""
-    data = chat_request(body, path=path, method=method, headers=headers, key=key, auth=auth)
-    async with await raw_connection(gw.port, timeout) as c:
-        await c.send(data)
-        return await c.read_response(timeout, request_method=method)
+async def call(gw: Gateway, body: bytes | None = None, **kwargs: Any) -> Response:
+    """One request on a fresh connection; the complete response (ops_helpers.call by gateway)."""
+    return await call_port(gw.port, body, **kwargs)
 
 
 async def get_json(gw: Gateway, path: str, headers: Iterable[tuple[str, str]] = ()) -> Any:

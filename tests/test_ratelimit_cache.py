@@ -97,6 +97,24 @@ async def test_gateway_limit_headers_not_doubled_by_upstream_ones(start_gateway:
     assert r.values("x-ratelimit-remaining-requests") == ["4"], r.raw_head
 
 
+async def test_cache_hit_of_a_limited_key_has_one_set_of_limit_headers(
+    start_gateway: StartGateway, mock_upstream: MockUpstream
+) -> None:
+    """A cached answer replays the provider's headers: its x-ratelimit-* must not come back
+    next to the gateway's own."""
+    keys = [{"key": LIMITED, "name": "limited", "rate_limit_rpm": 60, "rate_limit_burst": 5}]
+    gw = await start_gateway(base_config(mock_upstream, keys=keys, extra={"cache": {"enabled": True}}))
+    mock_upstream.enqueue(
+        Json(body=completion(), headers=[("x-ratelimit-limit-requests", "10000"), ("x-ratelimit-remaining-requests", "9999")])
+    )
+    await call(gw.port, chat_body(temperature=0), key=LIMITED)
+    r = await call(gw.port, chat_body(temperature=0), key=LIMITED)
+    assert (r.status, r.header("x-cache")) == (200, "HIT")
+    assert r.values("x-ratelimit-limit-requests") == ["60"], r.raw_head
+    assert r.values("x-ratelimit-remaining-requests") == ["3"], r.raw_head
+    assert len(mock_upstream.requests) == 1
+
+
 # --------------------------------------------------------------------------- cache
 
 CACHE_ON = {"cache": {"enabled": True}}

@@ -70,10 +70,6 @@ def get_header(headers: Iterable[Header], name: bytes) -> bytes | None:
     return None
 
 
-def header_values(headers: Iterable[Header], name: bytes) -> list[bytes]:
-    return [v for n, v in headers if n == name]
-
-
 def plain_headers(headers: Iterable[Header]) -> list[Header]:
     """h11's Headers as a plain list, once per message.
 

@@ -12,6 +12,10 @@ from dataclasses import dataclass
 
 from rawgw.config import GatewayKey
 
+# The headers the gateway sets on every response of a limited key; the provider's
+# of the same name are dropped so that each appears once.
+RATE_LIMIT_HEADERS = frozenset({b"x-ratelimit-limit-requests", b"x-ratelimit-remaining-requests"})
+
 
 @dataclass(slots=True)
 class Bucket:

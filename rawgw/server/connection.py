@@ -81,7 +81,6 @@ class ClientConnection(asyncio.Protocol):
         self.processing = False  # inside _process: a cycle continues the same loop
         self.cycles = 0  # requests answered in the current _process run (fairness)
         self.lingering = False  # answered and half-closed; draining input until close
-        self.peer = ""
 
     # ---- asyncio.Protocol -------------------------------------------------
 
@@ -90,8 +89,6 @@ class ClientConnection(asyncio.Protocol):
         self.transport = transport
         self.registry.add(self)
         set_nodelay(transport)
-        peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if peer else ""
         self._arm_header_timer()
 
     def data_received(self, data: bytes) -> None:

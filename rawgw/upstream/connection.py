@@ -63,7 +63,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_timer: asyncio.TimerHandle | None = None
         self.idle_since = 0.0  # loop time it went back to the pool (the pool reaps)
         self.on_writable: object = None  # callable(bool) for request-body back-pressure
-        self.connected = asyncio.get_running_loop().create_future()
 
     # ---- asyncio.Protocol -------------------------------------------------
 
