@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 
 from rawgw import __version__
+from rawgw.logsetup import setup_logging
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -39,24 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     im = sub.add_parser("import", help="convert other gateways' configs into gateway.toml")
     im.add_argument("files", nargs="+")
     im.add_argument("-o", "--output")
+
+    svc = sub.add_parser("install-service", help="print (or write) a systemd unit for this interpreter and config")
+    svc.add_argument("-c", "--config", help="config the service runs (default: $RAWGW_CONFIG, else ./gateway.toml); made absolute")
+    svc.add_argument("--user", default="rawgw", help="the service's user name (DynamicUser unless it exists; default rawgw)")
+    svc.add_argument("--write", metavar="PATH", help="write the unit to PATH (a directory gets rawgw.service) instead of stdout")
     return p
-
-
-def setup_logging(level: str) -> None:
-    """Console logging through a queue: the event loop never blocks on stderr."""
-    import atexit
-    import logging.handlers
-    import queue
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    q: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    listener = logging.handlers.QueueListener(q, handler)
-    listener.start()
-    atexit.register(listener.stop)
-    root = logging.getLogger()
-    root.handlers[:] = [logging.handlers.QueueHandler(q)]
-    root.setLevel(getattr(logging, level.upper()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,12 +68,17 @@ def main(argv: list[str] | None = None) -> int:
         from rawgw.config_commands import cmd_import
 
         return cmd_import(args.files, args.output)
+    if args.command == "install-service":
+        from rawgw.deploy import cmd_install_service
+
+        return cmd_install_service(args.config, args.user, args.write)
     _parser().print_help()
     return 2
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from rawgw.config import ConfigError, find_config_path, load_config
+    from rawgw.config import ConfigError, find_config_path
+    from rawgw.configfile import load_config
 
     path = find_config_path(args.config)
     if path is None:

@@ -22,16 +22,21 @@ from fnmatch import fnmatchcase
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from rawgw.upstream.socks import parse_proxy_url
+
 __all__ = [
     "DEFAULT_BASE_URLS",
     "ENV_PREFIX",
     "KEY_STRATEGIES",
     "PROVIDER_TYPES",
     "RESERVED_PROVIDER_NAMES",
+    "AuthConfig",
     "CacheConfig",
     "Config",
     "ConfigError",
     "GatewayKey",
+    "GithubAuth",
+    "KeyDefaults",
     "LoggingConfig",
     "MetricsConfig",
     "Provider",
@@ -41,6 +46,7 @@ __all__ = [
     "load_config",
     "mask_key",
     "parse_config",
+    "read_toml",
 ]
 
 PROVIDER_TYPES: Final = ("openai", "openrouter", "anthropic")
@@ -73,6 +79,9 @@ class ServerConfig:
     request_timeout_s: float = 600.0
     cors_origins: tuple[str, ...] = ("*",)
     public_paths: tuple[str, ...] = ("/health",)
+    # X-Session-ID tracking (rawgw.control.sessions): idle lifetime and LRU bound
+    session_ttl_s: float = 3600.0
+    max_sessions: int = 10000
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +94,10 @@ class GatewayKey:
     models: tuple[str, ...] = ()
     rate_limit_rpm: int = 0
     rate_limit_burst: int = 0
+    # tokens per minute (prompt estimate + max_tokens reserved, refunded from real usage);
+    # needs a [state] server (one exact cluster-wide bucket), in-process it is not enforced
+    rate_limit_tpm: int = 0
+    admin: bool = False  # may use /admin/... (rawgw.control.admin_api)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,8 +159,53 @@ class CacheConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StateConfig:
+    """``[state]``: where shared state lives. Empty ``url``: in this process (the default)."""
+
+    url: str = field(default="", repr=False)  # may hold a password: never in a repr
+    prefix: str = "rawgw:"
+    timeout_ms: int = 50
+
+    @property
+    def shared(self) -> bool:
+        return bool(self.url)
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsConfig:
     enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class KeyDefaults:
+    """Limits of the personal key a GitHub device-flow sign-in creates."""
+
+    providers: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+    rate_limit_rpm: int = 0
+    rate_limit_burst: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class GithubAuth:
+    """``[auth.github]``: sign-in with GitHub (rawgw.control.github)."""
+
+    client_id: str
+    client_secret: str = field(repr=False)
+    allowed_users: tuple[str, ...] = ()
+    allowed_orgs: tuple[str, ...] = ()
+    admins: tuple[str, ...] = ()
+    # overridable so tests talk to a mock on loopback
+    oauth_base: str = "https://github.com"
+    api_base: str = "https://api.github.com"
+    # where GitHub sends the browser back; empty: derived from the request's Host
+    redirect_url: str = ""
+    key_defaults: KeyDefaults = KeyDefaults()
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    github: GithubAuth | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +219,8 @@ class Config:
     metrics: MetricsConfig
     path: str | None = None
     warnings: tuple[str, ...] = ()
+    auth: AuthConfig = AuthConfig()
+    state: StateConfig = StateConfig()
 
 
 class ConfigError(Exception):
@@ -209,7 +269,16 @@ def find_config_path(cli_path: str | None) -> str | None:
 
 def load_config(path: str, env: Mapping[str, str] | None = None) -> Config:
     """Read and validate a TOML config; unreadable files and TOML syntax errors are
-    :class:`ConfigError` too, so callers handle one exception type."""
+    :class:`ConfigError` too, so callers handle one exception type.
+
+    This is the main file alone; :func:`rawgw.configfile.load_config` (what the
+    gateway and the CLI use) merges the admin overlay in after it.
+    """
+    return parse_config(read_toml(path), env, path)
+
+
+def read_toml(path: str) -> dict[str, Any]:
+    """One TOML file as a dict; every failure is a :class:`ConfigError` naming ``path``."""
     try:
         with open(path, "rb") as fh:
             raw = fh.read()
@@ -224,7 +293,7 @@ def load_config(path: str, env: Mapping[str, str] | None = None) -> Config:
     except tomllib.TOMLDecodeError as exc:
         # tomllib's messages carry a position, never the offending value.
         raise ConfigError([f"{path}: TOML syntax error: {exc}"]) from None
-    return parse_config(data, env, path)
+    return data
 
 
 def parse_config(data: dict[str, Any], env: Mapping[str, str] | None = None, path: str | None = None) -> Config:
@@ -238,13 +307,13 @@ def parse_config(data: dict[str, Any], env: Mapping[str, str] | None = None, pat
 
 # --------------------------------------------------------------------------- validation
 
-_SECTIONS: Final = ("server", "keys", "providers", "routes", "logging", "cache", "metrics")
+_SECTIONS: Final = ("server", "keys", "providers", "routes", "logging", "cache", "metrics", "auth", "state")
 _SERVER_FIELDS: Final = (
     "host", "port", "workers", "max_body_bytes", "max_header_bytes", "header_timeout_s",
     "keepalive_timeout_s", "shutdown_grace_s", "max_connections", "request_timeout_s",
-    "cors_origins", "public_paths",
+    "cors_origins", "public_paths", "session_ttl_s", "max_sessions",
 )  # fmt: skip
-_KEY_FIELDS: Final = ("key", "name", "providers", "models", "rate_limit_rpm", "rate_limit_burst")
+_KEY_FIELDS: Final = ("key", "name", "providers", "models", "rate_limit_rpm", "rate_limit_burst", "rate_limit_tpm", "admin")
 _PROVIDER_FIELDS: Final = (
     "type", "base_url", "keys", "key_strategy", "cooldown_s", "priority", "models",
     "connect_timeout_s", "first_byte_timeout_s", "read_timeout_s", "pool_idle_s",
@@ -253,7 +322,13 @@ _PROVIDER_FIELDS: Final = (
 _ROUTE_FIELDS: Final = ("match", "model", "providers", "provider_order", "force_provider_order", "provider_models")
 _LOGGING_FIELDS: Final = ("dir", "access", "chat", "chat_file_limit", "errors")
 _CACHE_FIELDS: Final = ("enabled", "ttl_s", "max_entries")
+_STATE_FIELDS: Final = ("url", "prefix", "timeout_ms")
 _METRICS_FIELDS: Final = ("enabled",)
+_GITHUB_FIELDS: Final = (
+    "client_id", "client_secret", "allowed_users", "allowed_orgs", "admins", "oauth_base", "api_base",
+    "redirect_url", "key_defaults",
+)  # fmt: skip
+_KEY_DEFAULT_FIELDS: Final = ("providers", "models", "rate_limit_rpm", "rate_limit_burst")
 
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PROVIDER_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -264,7 +339,7 @@ _CREDENTIAL: Final = re.compile(r"[\x21-\x7e]+")
 _HOST: Final = re.compile(r"[A-Za-z0-9._-]+|[0-9A-Fa-f:.]+")
 # The gateway serves these first path segments itself (SPEC §4), so a provider of that
 # name could never be reached through /{provider}/{rest}.
-RESERVED_PROVIDER_NAMES: Final = frozenset({"v1", "api", "chat", "health", "metrics", "dashboard"})
+RESERVED_PROVIDER_NAMES: Final = frozenset({"v1", "api", "chat", "health", "metrics", "dashboard", "admin", "auth", "session"})
 # Framing, hop-by-hop and credential headers belong to the gateway, never to config.
 _FORBIDDEN_HEADERS: Final = frozenset(
     {
@@ -298,9 +373,36 @@ def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
+# Names users bring from the gateways rawgw replaces, too far from ours for difflib.
+_ALIASES: Final = {
+    "rpm": "rate_limit_rpm",
+    "tpm": "rate_limit_tpm",
+    "burst": "rate_limit_burst",
+    "rate_limit_cooldown": "cooldown_s",
+    "cooldown": "cooldown_s",
+    "cooldown_seconds": "cooldown_s",
+    "api_key": "keys",
+    "api_keys": "keys",
+    "key": "keys",
+    "url": "base_url",
+    "api_base": "base_url",
+    "timeout": "timeout_s",
+    "ttl": "ttl_s",
+}
+
+
 def _did_you_mean(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]}?)" if close else ""
+    options = list(choices)
+    alias = _ALIASES.get(word.lower())
+    if alias in options:
+        return f" (did you mean {alias}?)"
+    close = difflib.get_close_matches(word, options, n=3, cutoff=0.6)
+    if not close:
+        return ""
+    # equally close names are all shown (rate_limit -> rate_limit_rpm or rate_limit_tpm)
+    best = difflib.SequenceMatcher(None, word, close[0]).ratio()
+    tied = sorted(c for c in close if difflib.SequenceMatcher(None, word, c).ratio() == best)
+    return f" (did you mean {' or '.join(tied)}?)"
 
 
 class _Parser:
@@ -405,6 +507,8 @@ class _Parser:
         logging = self.logging(self.table(data, "logging", "logging", _LOGGING_FIELDS))
         cache = self.cache(self.table(data, "cache", "cache", _CACHE_FIELDS))
         metrics = MetricsConfig(enabled=self.table(data, "metrics", "metrics", _METRICS_FIELDS).get_bool("enabled", True))
+        auth = self.auth(self.table(data, "auth", "auth", ("github",)))
+        state = self.state(self.table(data, "state", "state", _STATE_FIELDS))
         if self.errors:
             raise ConfigError(self.errors)
         if path is not None and self.literal_secrets and _readable_by_others(path):
@@ -419,6 +523,8 @@ class _Parser:
             metrics=metrics,
             path=path,
             warnings=tuple(self.warnings),
+            auth=auth,
+            state=state,
         )
 
     def server(self, t: _Table) -> ServerConfig:
@@ -441,6 +547,8 @@ class _Parser:
             request_timeout_s=t.get_seconds("request_timeout_s", d.request_timeout_s, positive=True),
             cors_origins=t.get_str_list("cors_origins", d.cors_origins),
             public_paths=public_paths,
+            session_ttl_s=t.get_seconds("session_ttl_s", d.session_ttl_s, positive=True),
+            max_sessions=t.get_int("max_sessions", d.max_sessions, lo=1),
         )
 
     def providers(self, data: Mapping[str, Any]) -> dict[str, Provider]:
@@ -475,7 +583,11 @@ class _Parser:
         parts = self.base_url(t, ptype)
         keys = self.key_pool(t, ptype, parts[1] if parts else "")
         proxy = t.get_str("proxy", d.proxy, nonempty=False)
-        if proxy and not _valid_proxy(proxy):
+        if proxy and proxy.lower().startswith("socks"):
+            reason = _socks_proxy_error(proxy)
+            if reason:
+                self.error(f"{t.path}.proxy", f"{reason}: must be socks5://[user:pass@]host:port or socks5h://[user:pass@]host:port")
+        elif proxy and not _valid_proxy(proxy):
             self.error(f"{t.path}.proxy", "must be http://[user:pass@]host:port")
         read_timeout = t.get_seconds("read_timeout_s", d.read_timeout_s, positive=True)
         # SPEC §3: unset, the wait for the response head is the read timeout.
@@ -650,6 +762,8 @@ class _Parser:
                 models=t.get_str_list("models", ()),
                 rate_limit_rpm=t.get_int("rate_limit_rpm", 0, lo=0),
                 rate_limit_burst=t.get_int("rate_limit_burst", 0, lo=0),
+                rate_limit_tpm=t.get_int("rate_limit_tpm", 0, lo=0),
+                admin=t.get_bool("admin", False),
             )
             out.append(gk)
         return tuple(out)
@@ -727,12 +841,83 @@ class _Parser:
             errors=t.get_bool("errors", d.errors),
         )
 
+    def state(self, t: _Table) -> StateConfig:
+        from rawgw.state.url import parse_state_url
+
+        d = StateConfig()
+        url = ""
+        raw = t.raw("url")
+        if raw is not _ABSENT and raw != "":
+            # the URL may carry a password: a literal one is warned about like a key
+            value = self.credential(raw, "state.url") if isinstance(raw, str) and "@" in raw else raw
+            if not isinstance(value, str):
+                self.error("state.url", "must be a string: redis://[user:pass@]host:port/db, rediss://… or unix:///path")
+            else:
+                try:
+                    parse_state_url(value)
+                    url = value
+                except ValueError as exc:
+                    self.error("state.url", str(exc))  # names the URL masked
+        prefix = t.get_str("prefix", d.prefix, nonempty=True)
+        timeout_ms = t.get_int("timeout_ms", d.timeout_ms, lo=1, hi=60000)
+        return StateConfig(url=url, prefix=prefix, timeout_ms=timeout_ms)
+
     def cache(self, t: _Table) -> CacheConfig:
         d = CacheConfig()
         return CacheConfig(
             enabled=t.get_bool("enabled", d.enabled),
             ttl_s=t.get_seconds("ttl_s", d.ttl_s, positive=True),
             max_entries=t.get_int("max_entries", d.max_entries, lo=1),
+        )
+
+
+    def auth(self, t: _Table) -> AuthConfig:
+        raw = t.raw("github")
+        if raw is _ABSENT:
+            return AuthConfig()
+        g = self.table(t.data, "github", "auth.github", _GITHUB_FIELDS)
+        client_id = g.get_str("client_id", "", nonempty=True, required=True)
+        secret_raw = g.raw("client_secret")
+        secret: str | None = None
+        if secret_raw is _ABSENT:
+            self.error("auth.github.client_secret", f"required (e.g. {ENV_PREFIX}GITHUB_CLIENT_SECRET)")
+        else:
+            secret = self.credential(secret_raw, "auth.github.client_secret")
+        urls: dict[str, str] = {}
+        for name, default in (("oauth_base", "https://github.com"), ("api_base", "https://api.github.com")):
+            value = g.get_str(name, default, nonempty=True)
+            parts = _split_base_url(value)
+            if isinstance(parts, str):
+                self.error(f"auth.github.{name}", parts)
+            else:
+                urls[name] = parts[4]
+        redirect = g.get_str("redirect_url", "", nonempty=False)
+        if redirect and isinstance(_split_base_url(redirect.split("?")[0]), str):
+            self.error("auth.github.redirect_url", "must be an http:// or https:// URL")
+        users = g.get_str_list("allowed_users", ())
+        orgs = g.get_str_list("allowed_orgs", ())
+        admins = g.get_str_list("admins", ())
+        if not (users or orgs or admins):
+            self.warn("auth.github", "no allowed_users, allowed_orgs or admins: nobody can sign in")
+        d = self.table(g.data, "key_defaults", "auth.github.key_defaults", _KEY_DEFAULT_FIELDS)
+        defaults = KeyDefaults(
+            providers=self.provider_refs(d, "providers"),
+            models=d.get_str_list("models", ()),
+            rate_limit_rpm=d.get_int("rate_limit_rpm", 0, lo=0),
+            rate_limit_burst=d.get_int("rate_limit_burst", 0, lo=0),
+        )
+        return AuthConfig(
+            github=GithubAuth(
+                client_id=client_id,
+                client_secret=secret or "",
+                allowed_users=users,
+                allowed_orgs=orgs,
+                admins=admins,
+                oauth_base=urls.get("oauth_base", "https://github.com"),
+                api_base=urls.get("api_base", "https://api.github.com"),
+                redirect_url=redirect,
+                key_defaults=defaults,
+            )
         )
 
 
@@ -886,6 +1071,14 @@ def _valid_proxy(url: str) -> bool:
         and not parts.fragment
         and (parts.username is None) == (parts.password is None)
     )
+
+
+def _socks_proxy_error(url: str) -> str:
+    """Why a socks5[h]:// proxy URL is unusable, or "" (messages never quote the URL)."""
+    if not _CREDENTIAL.fullmatch(url):
+        return "must be a URL without spaces or control characters"
+    parsed = parse_proxy_url(url)
+    return parsed if isinstance(parsed, str) else ""
 
 
 def _readable_by_others(path: str) -> bool:

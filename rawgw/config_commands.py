@@ -30,10 +30,10 @@ from rawgw.config import (
     Config,
     ConfigError,
     find_config_path,
-    load_config,
     mask_key,
     parse_config,
 )
+from rawgw.configfile import load_config
 
 __all__ = ["cmd_check", "cmd_import", "cmd_init"]
 

@@ -7,6 +7,8 @@ Messages never contain a credential the client sent.
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 import orjson
 
 # status -> (error type, default code)
@@ -26,24 +28,15 @@ ERROR_TYPES: dict[int, tuple[str, str]] = {
     502: ("upstream_error", "bad_gateway"),
     503: ("api_error", "service_unavailable"),
     504: ("timeout_error", "upstream_timeout"),
+    505: ("invalid_request_error", "http_version_not_supported"),
 }
 
-REASONS: dict[int, bytes] = {
-    400: b"Bad Request",
-    401: b"Unauthorized",
-    403: b"Forbidden",
-    404: b"Not Found",
-    405: b"Method Not Allowed",
-    408: b"Request Timeout",
+# The standard reason phrase of every status (RFC 9110 names), for the responses
+# the gateway writes itself; RFC 9110's newer names win over older ones.
+REASONS: dict[int, bytes] = {s.value: s.phrase.encode() for s in HTTPStatus} | {
     413: b"Content Too Large",
-    415: b"Unsupported Media Type",
-    429: b"Too Many Requests",
-    431: b"Request Header Fields Too Large",
-    500: b"Internal Server Error",
-    501: b"Not Implemented",
-    502: b"Bad Gateway",
-    503: b"Service Unavailable",
-    504: b"Gateway Timeout",
+    422: b"Unprocessable Content",
+    529: b"Overloaded",
 }
 
 

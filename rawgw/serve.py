@@ -11,7 +11,8 @@ from collections.abc import Callable
 from typing import cast
 
 from rawgw.app import Gateway
-from rawgw.config import Config, ConfigError, load_config
+from rawgw.config import Config, ConfigError
+from rawgw.configfile import load_config
 from rawgw.errors import GatewayError
 from rawgw.http.date import http_date
 from rawgw.server.connection import ClientConnection

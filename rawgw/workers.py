@@ -42,7 +42,7 @@ def _worker_main(config: Config, path: str, host: str, port: int, workers: int, 
     signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
     import logging
 
-    from rawgw.cli import setup_logging
+    from rawgw.logsetup import setup_logging
     from rawgw.serve import install_event_loop_policy, serve_forever
 
     # The parent's log thread did not survive fork: start this worker's own.

@@ -76,3 +76,42 @@ async def test_401_then_good_request_same_connection(gateway: Gateway, mock_upst
         r1 = await c.request(chat_request(key=WRONG))
         r2 = await c.request(chat_request())
     assert (r1.status, r2.status) == (401, 200)
+
+
+# --------------------------------------------------------------------------- RFC 9110 rows (issue 10.12)
+
+
+@pytest.mark.parametrize("key", [None, WRONG])
+async def test_401_carries_www_authenticate(gateway: Gateway, mock_upstream: MockUpstream, key: str | None) -> None:
+    """RFC 9110 §15.5.2: a 401 MUST carry WWW-Authenticate with a challenge."""
+    for request in (chat_request(key=key), chat_request(b"", path="/metrics.json", method="GET", key=key)):
+        async with await raw_connection(gateway.port) as c:
+            r = await c.request(request)
+        assert_gateway_error(r, 401)
+        assert r.values("www-authenticate") == ['Bearer realm="rawgw"'], r.raw_head
+
+
+async def test_405_message_agrees_with_allow(gateway: Gateway, mock_upstream: MockUpstream) -> None:
+    for path in ("/health", "/metrics.json", "/health/providers"):
+        async with await raw_connection(gateway.port) as c:
+            r = await c.request(chat_request(b"{}", path=path, method="POST"))
+        err = assert_gateway_error(r, 405)
+        allowed = [m.strip() for m in (r.header("allow") or "").split(",")]
+        assert allowed == ["GET", "HEAD"], r.raw_head
+        for method in allowed:
+            assert method in err["message"], err
+    async with await raw_connection(gateway.port) as c:
+        r = await c.request(chat_request(b"", method="GET"))
+    err = assert_gateway_error(r, 405)
+    assert r.header("allow") == "POST" and "POST" in err["message"]
+
+
+async def test_per_key_answers_are_not_stored_by_shared_caches(gateway: Gateway, mock_upstream: MockUpstream) -> None:
+    """A shared cache must not hand one key's /v1/models or key states to another client."""
+    for path in ("/v1/models", "/health/providers", "/metrics.json", "/metrics"):
+        async with await raw_connection(gateway.port) as c:
+            r = await c.request(chat_request(b"", path=path, method="GET"))
+        assert r.status == 200, (path, r.status)
+        cc = {t.strip() for t in (r.header("cache-control") or "").split(",")}
+        assert "no-store" in cc and "private" in cc, (path, r.raw_head)
+        assert len(r.values("cache-control")) == 1

@@ -21,6 +21,7 @@ from rawgw.config import (
     Provider,
     Route,
     ServerConfig,
+    StateConfig,
     find_config_path,
     load_config,
     mask_key,
@@ -315,7 +316,7 @@ ERROR_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("key empty", minimal(keys=[{"key": ""}]), "keys[0].key: must not be empty"),
     ("key type", minimal(keys=[{"key": 5}]), "keys[0].key: must be a string"),
     ("key spaces", minimal(keys=[{"key": "gw secret value"}]), "keys[0].key: must be visible ASCII without spaces or control characters"),
-    ("key unknown field", minimal(keys=[{"key": "gw-0123456789ab", "rate_limit": 3}]), "keys[0].rate_limit: unknown setting (did you mean rate_limit_rpm?)"),
+    ("key unknown field", minimal(keys=[{"key": "gw-0123456789ab", "rate_limit": 3}]), "keys[0].rate_limit: unknown setting (did you mean rate_limit_rpm or rate_limit_tpm?)"),
     ("key provider", minimal(keys=[{"key": "gw-0123456789ab", "providers": ["foo"]}]), "keys[0].providers[0]: unknown provider 'foo'"),
     ("key provider hint", minimal(keys=[{"key": "gw-0123456789ab", "providers": ["openroutr"]}]), "keys[0].providers[0]: unknown provider 'openroutr' (did you mean openrouter?)"),
     ("key rpm", minimal(keys=[{"key": "gw-0123456789ab", "rate_limit_rpm": -1}]), "keys[0].rate_limit_rpm: must be an integer >= 0"),
@@ -700,6 +701,7 @@ def test_example_file_shows_every_option() -> None:
         "logging": LoggingConfig,
         "cache": CacheConfig,
         "metrics": MetricsConfig,
+        "state": StateConfig,
     }
     for section, cls in settable.items():
         assert set(doc[section]) == {f.name for f in dataclasses.fields(cls)}, section

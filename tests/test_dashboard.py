@@ -305,6 +305,16 @@ async def test_dashboard_renders_live_numbers(
     assert dom.int("open-connections") >= 1
     assert dom.int("active-streams") >= 0
 
+    # Process panel (issue 13.6): CPU from successive snapshots, memory and fds as served.
+    proc = before["process"]
+    cpu = dom.num("process-cpu")
+    assert math.isfinite(cpu) and 0 <= cpu <= 100 * (os.cpu_count() or 1), cpu
+    rss_mib = dom.num("process-rss")
+    assert 0.5 * proc["resident_memory_bytes"] < rss_mib * 2**20 < 2 * proc["resident_memory_bytes"], (rss_mib, proc)
+    assert dom.num("process-vms") * 2**20 >= rss_mib * 2**20
+    assert dom.int("process-fds") >= 1
+    assert dom.int("process-max-fds") == proc["max_fds"]
+
 
 async def test_dashboard_asks_for_a_key(
     start_gateway: StartGateway, mock_upstream: MockUpstream, tmp_path: Path

@@ -82,11 +82,11 @@ REFUSED_IDS = {
     "bare_lf": b"X-Request-ID: abc\nX-Injected: 1\r\n",
     "folded": b"X-Request-ID: abc\r\n X-Injected: 1\r\n",
     "nul": b"X-Request-ID: abc\x00X-Injected: 1\r\n",
+    "del": b"X-Request-ID: abc\x7fX-Injected\r\n",  # control character (issue 10 point 11)
 }
 REPLACED_IDS = {
     "nel": b"X-Request-ID: abc\xc2\x85X-Injected: 1\r\n",
     "line_separator": b"X-Request-ID: abc\xe2\x80\xa8X-Injected: 1\r\n",
-    "del": b"X-Request-ID: abc\x7fX-Injected\r\n",
 }
 
 
@@ -117,7 +117,8 @@ async def test_request_id_cannot_inject_header_lines(start_gateway: StartGateway
             r = await c.request(_with_header(line))
         assert r.status == 200, (name, r.body)
         rid = r.header("x-request-id")
-        assert rid is not None and "njected" not in rid and "abc" not in rid, (name, rid)
+        # a fresh id replaces it (a random hex id may contain "abc" by chance: check the start)
+        assert rid is not None and "njected" not in rid and not rid.startswith("abc"), (name, rid)
         assert b"injected" not in r.raw_head.lower(), (name, r.raw_head)
         req = mock_upstream.requests[-1]
         assert req.header_values("x-request-id") == [rid.encode()], name

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import time
 from collections.abc import Awaitable
+from pathlib import Path
 from typing import Any
 
 from conftest import GW_KEY, StartGateway, assert_gateway_error, base_config, chat_request, raw_connection
@@ -185,3 +188,73 @@ async def test_metrics_json_matches_counters(start_gateway: StartGateway, mock_u
     assert doc["by_status"]["200"] == 1 and doc["by_status"]["400"] == 1, doc
     assert doc["tokens_total"] == {"prompt": 7, "completion": 8}, doc
     await asyncio.sleep(0)
+
+
+PROCESS_FAMILIES = {
+    "process_cpu_seconds": "counter",
+    "process_resident_memory_bytes": "gauge",
+    "process_virtual_memory_bytes": "gauge",
+    "process_open_fds": "gauge",
+    "process_max_fds": "gauge",
+    "process_start_time_seconds": "gauge",
+}
+
+
+def _proc_status_kb(pid: int, field_name: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"{field_name} not in /proc/{pid}/status")
+
+
+def _proc_soft_nofile(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise AssertionError("no Max open files")
+
+
+async def test_metrics_process_families(start_gateway: StartGateway, mock_upstream: MockUpstream) -> None:
+    """Issue 13.6: Prometheus' standard process_* families, per process, with values that
+    agree with what the kernel says about the gateway's pid (read here from /proc)."""
+    before = time.time()
+    gw = await start_gateway(base_config(mock_upstream))
+    pid = gw.proc.pid
+    _, m = await scrape(gw.port)
+    assert {name: m.types.get(name) for name in PROCESS_FAMILIES} == PROCESS_FAMILIES, m.types
+    for name in PROCESS_FAMILIES:  # unlabelled: one series per process, summable over workers
+        series = m.series(name + ("_total" if name == "process_cpu_seconds" else ""))
+        assert list(series) == [frozenset()], (name, series)
+
+    cpu = m.get("process_cpu_seconds_total")
+    assert cpu is not None and 0 < cpu < (time.time() - before) * (os.cpu_count() or 1) + 1, cpu
+    rss = m.get("process_resident_memory_bytes")
+    vms = m.get("process_virtual_memory_bytes")
+    assert rss is not None and vms is not None
+    # VmRSS/VmSize from /proc/<pid>/status, read now: same process, a few pages apart at most.
+    assert abs(rss - _proc_status_kb(pid, "VmRSS") * 1024) < 16 << 20, rss
+    assert abs(vms - _proc_status_kb(pid, "VmSize") * 1024) < 64 << 20, vms
+    assert 4 << 20 < rss < vms, (rss, vms)
+    fds = m.get("process_open_fds")
+    assert fds is not None and abs(fds - len(os.listdir(f"/proc/{pid}/fd"))) <= 4, fds
+    assert m.get("process_max_fds") == _proc_soft_nofile(pid)
+    start = m.get("process_start_time_seconds")
+    assert start is not None and before - 1 <= start <= time.time(), (before, start)
+
+    # A counter: it never goes back, and work moves it (no cache of the first reading).
+    for _ in range(200):
+        assert (await call(gw.port, chat_body())).status == 200
+    _, m2 = await scrape(gw.port)
+    cpu2 = m2.get("process_cpu_seconds_total")
+    assert cpu2 is not None and cpu2 > cpu, (cpu, cpu2)
+    assert m2.get("process_start_time_seconds") == start
+
+
+async def test_metrics_json_process(start_gateway: StartGateway, mock_upstream: MockUpstream) -> None:
+    """The dashboard's CPU/memory panel reads these from /metrics.json."""
+    gw = await start_gateway(base_config(mock_upstream))
+    doc = (await call(gw.port, b"", path="/metrics.json", method="GET")).json()
+    p = doc["process"]
+    assert set(p) == {"cpu_seconds", "resident_memory_bytes", "virtual_memory_bytes", "open_fds", "max_fds", "start_time"}, p
+    assert p["cpu_seconds"] > 0 and p["resident_memory_bytes"] > 4 << 20 and p["open_fds"] > 0, p
+    assert p["max_fds"] == _proc_soft_nofile(gw.proc.pid)

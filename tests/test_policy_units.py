@@ -9,11 +9,13 @@ from email.utils import formatdate
 import orjson
 import pytest
 
+from rawgw.config import Config, parse_config
 from rawgw.errors import GatewayError, retry_after_header
-from rawgw.http.strict import head_violation
+from rawgw.http.strict import ChunkLines, chunked_not_final, head_violation, valid_host
 from rawgw.observe.usage import extract_usage
 from rawgw.routing.keys import MAX_BACKOFF_FACTOR, Breaker, KeyPool, cooldown_from_headers, parse_duration
 from rawgw.routing.rewrite import RawJSON, rewrite_body
+from rawgw.routing.router import Router
 from rawgw.routing.validate import validate_body
 
 NOW = 1_800_000_000.0
@@ -191,6 +193,9 @@ def test_extract_usage(tail: bytes, expected: tuple[int, int] | None) -> None:
         (b"GET / HTTP/1.1\r\nHost: a\n\r\n", "bare LF"),
         (b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n", "folding"),
         (b"GET / HTTP/1.1\r\nX: a\r\n\tb\r\n\r\n", "folding"),
+        (b"GET / HTTP/1.1\r\nX: a\x01b\r\n\r\n", "control"),
+        (b"GET / HTTP/1.1\r\nX: a\x7fb\r\n\r\n", "control"),
+        (b"GET / HTTP/1.1\r\nX: a\tb\x80\xff\r\n\r\n", None),
     ],
 )
 def test_head_violation(head: bytes, problem: str | None) -> None:
@@ -203,3 +208,111 @@ def test_head_violation_incremental_scan_catches_split_sequences() -> None:
     assert head_violation(first) is None
     assert head_violation(first + b"\n b", len(first)) is not None  # obs-fold split across reads
     assert head_violation(first + b"\nY: b\r\n\r\n", len(first)) is None
+    assert head_violation(first + b"\nY: \x1f\r\n\r\n", len(first)) is not None
+
+
+CHUNKED = b'5;a=b\r\nhello\r\n3; q = "x \\"y\\"";z\r\nabc\r\n10\r\n' + b"x" * 16 + b"\r\n0\r\n\r\n"
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 7, len(CHUNKED)])
+def test_chunk_lines_follow_framing_across_any_split(step: int) -> None:
+    c = ChunkLines(1024)
+    for i in range(0, len(CHUNKED), step):
+        assert c.feed(CHUNKED[i : i + step]) is None
+    assert c.done
+
+
+@pytest.mark.parametrize("line", [b"5;", b"5 ", b"5;bad[=x", b"5;a=", b'5;a="x', b"5\n", b"x", b"00000000000000005"])
+def test_chunk_lines_refused(line: bytes) -> None:
+    data = b"2\r\n{}\r\n" + line + b"\r\nhello\r\n0\r\n\r\n"
+    assert ChunkLines(1024).feed(data) is not None
+    c = ChunkLines(1024)
+    assert any(c.feed(data[i : i + 1]) is not None for i in range(len(data)))
+
+
+def test_chunk_line_bounded() -> None:
+    assert ChunkLines(64).feed(b"5;" + b"a" * 100) is not None
+
+
+@pytest.mark.parametrize(
+    "host,ok",
+    [(b"a", True), (b"api.example:8080", True), (b"[::1]:80", True), (b"a:", True), (b"ex%41.com", True),
+     (b"user@h", False), (b"h/path", False), (b"a, b", False), (b"", False), (b"a:b", False), (b"a b", False)],
+)  # fmt: skip
+def test_valid_host(host: bytes, ok: bool) -> None:
+    assert valid_host(host) is ok
+    assert valid_host(host) is ok  # the second time from the cache of good hosts
+
+
+def test_chunked_not_final() -> None:
+    assert chunked_not_final(b"P / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n")
+    assert chunked_not_final(b"P / HTTP/1.1\r\nTransfer-Encoding: chunked,chunked\r\n\r\n")
+    assert not chunked_not_final(b"P / HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\n\r\n")
+
+
+# --------------------------------------------------------------------------- router state (issue 10.14)
+
+
+def _router_config(providers: dict[str, dict[str, object]], routes: list[dict[str, object]] | None = None) -> Config:
+    data: dict[str, object] = {"keys": [{"key": "gw-unit-key-0000", "name": "t"}], "providers": providers}
+    if routes:
+        data["routes"] = routes
+    return parse_config(data, env={})
+
+
+def test_rewritten_body_cache_does_not_confuse_a_provider_name_with_a_type() -> None:
+    # A provider *named* openrouter (type openai) with its own model, and a real openrouter
+    # provider: the first body must not be served to the second (or the other way round).
+    cfg = _router_config(
+        {
+            "openrouter": {"type": "openai", "base_url": "http://127.0.0.1:9/v1", "keys": ["sk-unit-aaaa1111"]},
+            "real": {"type": "openrouter", "base_url": "http://127.0.0.1:9/api/v1", "keys": ["sk-or-v1-" + "1" * 40]},
+        },
+        [
+            {
+                "match": "m",
+                "model": "up",
+                "providers": ["openrouter", "real"],
+                "provider_order": ["Fast"],
+                "provider_models": {"openrouter": "other"},
+            }
+        ],
+    )
+    for order in (("openrouter", "real"), ("real", "openrouter")):
+        router = Router(cfg)
+        plan = router.plan(router.classify(b"/v1/chat/completions"), None, b'{"model":"m","messages":[{"role":"user","content":"x"}]}')
+        bodies = {name: orjson.loads(router.body_for(plan, cfg.providers[name])) for name in order}
+        assert bodies["openrouter"]["model"] == "other" and "provider" not in bodies["openrouter"], (order, bodies)
+        assert bodies["real"]["model"] == "up" and bodies["real"]["provider"] == {"order": ["Fast"]}, (order, bodies)
+
+
+def test_reload_keeps_key_state_per_provider_not_per_key_value() -> None:
+    shared = "sk-unit-shared-2222"
+    cfg = _router_config(
+        {
+            "p1": {"type": "openai", "base_url": "http://127.0.0.1:9/v1", "keys": [shared]},
+            "p2": {"type": "openai", "base_url": "http://127.0.0.2:9/v1", "keys": [shared]},
+        }
+    )
+    old = Router(cfg)
+    now = time.time()
+    old.pools["p1"].on_429(shared, [(b"retry-after", b"100")], now=now)
+    assert not old.pools["p1"].states[shared].available(now + 1)
+    assert old.pools["p2"].states[shared].available(now + 1)  # before a reload: separate
+    new = Router(cfg, old=old)
+    assert not new.pools["p1"].states[shared].available(now + 1)  # p1's cooldown carried over
+    assert new.pools["p2"].states[shared].available(now + 1)  # p2 does not inherit it
+    new.pools["p2"].on_429(shared, [(b"retry-after", b"5")], now=now)
+    assert new.pools["p1"].states[shared].cooldown_until == pytest.approx(now + 100)
+
+
+def test_available_does_not_advance_the_round_robin() -> None:
+    pool = KeyPool(["a", "b", "c"], "round-robin", cooldown_s=1.0)
+    assert pool.order()[0] == "a"
+    for _ in range(5):
+        assert pool.available(NOW) == ["b", "c", "a"]  # the next request's order, unchanged
+    assert [pool.order()[0] for _ in range(3)] == ["b", "c", "a"]
+    pool.on_429("c", [(b"retry-after", b"5")], now=NOW)
+    assert pool.available(NOW) == ["b", "a"]
+    assert pool.order()[0] == "b"
+

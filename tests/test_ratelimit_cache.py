@@ -83,6 +83,24 @@ async def test_limit_headers_on_every_response_of_a_limited_key(start_gateway: S
     assert got == [(m, p, s, "600", True) for m, p, _, s in cases]
 
 
+async def test_gateway_local_reads_do_not_spend_the_budget(start_gateway: StartGateway, mock_upstream: MockUpstream) -> None:
+    """Issue 10.3: monitoring (the dashboard polls /metrics.json every 2 s) must not eat a
+    key's proxied-request budget; the reads still show the budget left."""
+    keys = [{"key": LIMITED, "name": "limited", "rate_limit_rpm": 1, "rate_limit_burst": 3}]
+    gw = await start_gateway(base_config(mock_upstream, keys=keys))
+    paths = ["/metrics.json"] * 4 + ["/metrics", "/health/providers", "/v1/models", "/api/v1/models", "/dashboard", "/"]
+    got = []
+    for path in paths:
+        r = await call(gw.port, b"", path=path, method="GET", key=LIMITED)
+        got.append((path, r.status, limit_headers(r)))
+    assert got == [(p, 200, ("1", "3")) for p in paths]
+    assert (await call(gw.port, b"", path="/metrics.json", method="GET", key=None)).status == 401  # still needs the key
+    statuses = [(await call(gw.port, chat_body(), key=LIMITED)).status for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    r = await call(gw.port, b"", path="/metrics.json", method="GET", key=LIMITED)
+    assert (r.status, limit_headers(r)) == (200, ("1", "0"))  # an empty bucket does not block the reads
+
+
 async def test_gateway_limit_headers_not_doubled_by_upstream_ones(start_gateway: StartGateway, mock_upstream: MockUpstream) -> None:
     """OpenAI-style upstreams send their own x-ratelimit-*-requests headers: the client of
     a limited gateway key must get one value of each (the gateway's), not two."""

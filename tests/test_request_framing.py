@@ -55,7 +55,27 @@ HOSTILE: dict[str, tuple[bytes, tuple[int, ...]]] = {
         (400,),
     ),
     "unknown_transfer_coding": (req(b"Transfer-Encoding: foo, chunked\r\n", b"0\r\n\r\n"), (501,)),
-    "chunked_not_last": (req(b"Transfer-Encoding: chunked, gzip\r\n", b"0\r\n\r\n"), (400, 501)),
+    "chunked_not_last": (req(b"Transfer-Encoding: chunked, gzip\r\n", b"0\r\n\r\n"), (400,)),
+    "chunked_twice": (req(b"Transfer-Encoding: chunked, chunked\r\n", b"0\r\n\r\n"), (400,)),
+    # issue 10 point 15: chunk lines h11 accepts
+    "chunk_ext_empty": (req(b"Transfer-Encoding: chunked\r\n", b"5;\r\nhello\r\n0\r\n\r\n"), (400,)),
+    "chunk_ext_bad_name": (req(b"Transfer-Encoding: chunked\r\n", b"5;bad[=x\r\nhello\r\n0\r\n\r\n"), (400,)),
+    "chunk_size_trailing_space": (req(b"Transfer-Encoding: chunked\r\n", b"5 \r\nhello\r\n0\r\n\r\n"), (400,)),
+    "chunk_line_bad_after_good": (
+        req(b"Transfer-Encoding: chunked\r\n", b"2;a=b\r\n{}\r\n3;x=\"unterminated\r\nabc\r\n0\r\n\r\n"),
+        (400,),
+    ),
+    "http_version_9_9": (req(b"Content-Length: 5\r\n", BODY5, line=b"POST /v1/chat/completions HTTP/9.9\r\n"), (505,)),
+    "http_version_2_0": (req(b"Content-Length: 5\r\n", BODY5, line=b"POST /v1/chat/completions HTTP/2.0\r\n"), (505,)),
+    "host_userinfo": (req(b"Content-Length: 5\r\n", BODY5).replace(b"Host: 127.0.0.1", b"Host: user:pw@127.0.0.1"), (400,)),
+    "host_path": (req(b"Content-Length: 5\r\n", BODY5).replace(b"Host: 127.0.0.1", b"Host: 127.0.0.1/v1"), (400,)),
+    "host_list": (req(b"Content-Length: 5\r\n", BODY5).replace(b"Host: 127.0.0.1", b"Host: a, b"), (400,)),
+    "host_empty": (req(b"Content-Length: 5\r\n", BODY5).replace(b"Host: 127.0.0.1", b"Host: "), (400,)),
+    # issue 10 point 11: control characters h11 accepts in a value
+    **{
+        f"ctl_{c:02x}_in_value": (req(b"Content-Length: 5\r\nX-A: a" + bytes([c]) + b"Transfer-Encoding: chunked\r\n", BODY5), (400,))
+        for c in (0x01, 0x04, 0x08, 0x0E, 0x1F, 0x7F)
+    },
     "connect": (b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\nAuthorization: Bearer " + GW_KEY.encode() + b"\r\n\r\n", (400, 405)),
     "absolute_form_other_host": (
         req(b"Content-Length: 5\r\n", BODY5, line=b"POST http://evil.example/v1/chat/completions HTTP/1.1\r\n"),

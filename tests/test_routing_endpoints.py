@@ -411,6 +411,76 @@ async def test_models_anthropic_shape(start_gateway: StartGateway, ups: list[Moc
         assert m["object"] == "model" and isinstance(m["created"], int) and isinstance(m["owned_by"], str), m
 
 
+async def test_models_lists_only_what_routing_serves(start_gateway: StartGateway, ups: list[MockUpstream]) -> None:
+    """Issue 10.4: each provider's ``models`` globs apply to its own upstream list, so
+    every listed id is routable (no 404 "no provider serves") and nothing routable to
+    nobody is listed."""
+    p1, p2, _ = ups
+    llama1 = {"id": "llama-3", "object": "model", "created": 1, "owned_by": "p1-llama"}
+    llama2 = {"id": "llama-3", "object": "model", "created": 2, "owned_by": "p2-llama"}
+    p1.handler = models_answer([GPT4O, llama1, {"id": "mistral-7b", "object": "model"}, {"id": "special-2"}])
+    p2.handler = models_answer([llama2, dict(GPT4O, owned_by="p2"), {"id": "special-1", "object": "model"}])
+    gw = await start_gateway(
+        cfg(
+            {"p1": prov(p1, priority=1, models=["gpt-*"]), "p2": prov(p2, keys=[KEY_B], priority=2, models=["llama-*"])},
+            routes=[{"match": "special-*", "providers": ["p2"]}],
+        )
+    )
+    doc = await get_json(gw, "/v1/models")
+    by_id = {m["id"]: m for m in doc["data"]}
+    assert sorted(by_id) == ["gpt-4o", "llama-3", "special-1"], by_id
+    assert by_id["gpt-4o"]["owned_by"] == "system"  # p1's entry
+    assert by_id["llama-3"] == llama2  # p1 lists it too, but routing sends llama-3 to p2
+    for mid in by_id:
+        r = await call(gw, chat(mid))
+        assert r.status == 200, (mid, r.status, r.body)
+    assert routed_by(await call(gw, chat("llama-3"))) == ("p2", "1")
+    # listed by p1 upstream but not served by p1 here: not offered
+    assert "mistral-7b" not in by_id
+    assert_gateway_error(await call(gw, chat("mistral-7b")), 404)
+    assert "special-2" not in by_id  # its route sends it to p2, which does not list it
+
+
+async def test_models_anthropic_shape_lists_only_aliases_messages_can_serve(
+    start_gateway: StartGateway, ups: list[MockUpstream]
+) -> None:
+    """Issue 10.16c: a route alias appears in the Anthropic list only when its route has an
+    anthropic-type provider; every id listed there is served by /v1/messages."""
+    oa, ant, _ = ups
+    oa.handler = models_answer([GPT4O])
+
+    def ant_handler(req: RecordedRequest) -> Json:
+        return Json(body=ANT_MODELS) if req.method == b"GET" else Json(body=MESSAGE)
+
+    ant.handler = ant_handler
+    gw = await start_gateway(
+        cfg(
+            {"oa": prov(oa, priority=1), "ant": prov(ant, type="anthropic", keys=[ANT_KEY], priority=2, models=["claude-*"])},
+            routes=[
+                {"match": "sonnet", "model": "claude-sonnet-4-20250514"},  # by glob: ant serves it
+                {"match": "house-claude", "providers": ["ant", "oa"]},  # a route naming ant
+                {"match": "gpt-alias", "providers": ["oa"]},  # no anthropic provider
+                {"match": "cheap", "model": "gpt-4o-mini"},  # ant's globs do not fit gpt-4o-mini
+            ],
+        )
+    )
+    doc = await get_json(gw, "/v1/models", headers=[("anthropic-version", "2023-06-01")])
+    ids = [m["id"] for m in doc["data"]]
+    assert sorted(ids) == sorted(["claude-sonnet-4-20250514", "claude-3-5-haiku-latest", "sonnet", "house-claude"]), ids
+    assert doc["first_id"] == ids[0] and doc["last_id"] == ids[-1]
+    for mid in ids:
+        body = MSG_BODY.replace(b"claude-sonnet-4", mid.encode())
+        r = await call(gw, body, path="/v1/messages", headers=[("anthropic-version", "2023-06-01")])
+        assert r.status == 200, (mid, r.status, r.body)
+    for mid in ("gpt-alias", "cheap"):
+        body = MSG_BODY.replace(b"claude-sonnet-4", mid.encode())
+        r = await call(gw, body, path="/v1/messages", headers=[("anthropic-version", "2023-06-01")])
+        assert_gateway_error(r, 404)
+    # the OpenAI shape still offers every alias some provider serves
+    doc = await get_json(gw, "/v1/models")
+    assert {"sonnet", "house-claude", "gpt-alias", "cheap"} <= {m["id"] for m in doc["data"]}
+
+
 async def test_root_names_the_gateway(start_gateway: StartGateway, ups: list[MockUpstream]) -> None:
     p1, _, _ = ups
     gw = await start_gateway(cfg({"p1": prov(p1)}))

@@ -12,6 +12,7 @@ from email.utils import format_datetime
 import pytest
 from conftest import StartGateway, assert_gateway_error, assert_wire_invariants
 from mock_upstream import Json, MockUpstream
+from ops_helpers import wait_until
 from routing_helpers import (  # noqa: F401  (ups_fixture provides the `ups` fixture)
     KEY_A,
     KEY_B,
@@ -399,3 +400,40 @@ async def test_4xx_never_opens_the_breaker(start_gateway: StartGateway, ups: lis
         assert r.status == 400
         assert routed_by(r) == ("p1", "1")
     assert len(p1.requests) == 7 and p2.requests == []
+
+
+# --------------------------------------------------------------------------- state bugs (issue 10.14)
+
+
+async def test_models_listing_does_not_rotate_the_keys(start_gateway: StartGateway, ups: list[MockUpstream]) -> None:
+    p1, _, _ = ups
+    gw = await start_gateway(cfg({"p1": prov(p1, keys=[KEY_A, KEY_B], key_strategy="round-robin")}))
+    assert (await call(gw, chat("m"))).status == 200
+    # p1 answers /models with a non-list: nothing cached, every listing asks again
+    for _ in range(3):
+        assert (await call(gw, b"", path="/v1/models", method="GET")).status == 200
+    assert (await call(gw, chat("m"))).status == 200
+    assert len(p1.requests) == 5
+    chats = [bearer_key(r) for r in p1.requests if r.method == b"POST"]
+    assert sorted(chats) == sorted([KEY_A, KEY_B]), chats  # the listings did not move the rotation
+    listings = [bearer_key(r) for r in p1.requests if r.method == b"GET"]
+    assert listings == [chats[1]] * 3, listings  # they use the next request's key, without taking it
+
+
+async def test_reload_does_not_share_a_cooldown_between_providers_with_one_key_value(
+    start_gateway: StartGateway, ups: list[MockUpstream]
+) -> None:
+    p1, p2, _ = ups
+    gw = await start_gateway(cfg({"p1": prov(p1, keys=[KEY_A], priority=1), "p2": prov(p2, keys=[KEY_A], priority=2)}))
+    p1.enqueue(Json(status=429, body=b"{}", headers=[("Retry-After", "30")]))
+    r = await call(gw, chat("m"))
+    assert routed_by(r) == ("p2", "2")
+    assert [k["state"] for k in await health_keys(gw, "p1")] == ["cooling"]
+    assert [k["state"] for k in await health_keys(gw, "p2")] == ["active"]
+    gw.proc.send_signal(signal.SIGHUP)
+    await wait_until(lambda: "config reloaded" in gw.stderr_text(), what="reload log line")
+    assert [k["state"] for k in await health_keys(gw, "p1")] == ["cooling"]
+    assert [k["state"] for k in await health_keys(gw, "p2")] == ["active"]
+    r = await call(gw, chat("m"))
+    assert routed_by(r) == ("p2", "1")  # p1's key still rests; p2's never did
+    assert len(p1.requests) == 1

@@ -184,6 +184,19 @@ async def test_preflight_answered_without_auth(plain_gw: Gateway, mock_upstream:
     assert mock_upstream.requests == []
 
 
+async def test_preflight_allow_headers_is_the_fixed_list_not_an_echo(plain_gw: Gateway) -> None:
+    """Issue 10.10b: the answer names the headers the gateway accepts, whatever was asked."""
+    asked = "authorization, x-evil-probe, content-type"
+    r = await raw_call(plain_gw.port, preflight(req_headers=asked), method="OPTIONS")
+    plain = await raw_call(plain_gw.port, preflight(req_headers=None), method="OPTIONS")
+    assert r.status == plain.status == 204
+    allow = tokens(r.header("access-control-allow-headers"))
+    assert "x-evil-probe" not in allow, r.raw_head
+    assert allow == tokens(plain.header("access-control-allow-headers"))
+    assert allow >= set(ALLOW_HEADERS) | {"x-session-id", "openai-beta", "x-stainless-retry-count"}, allow
+    assert len(r.values("access-control-allow-headers")) == 1
+
+
 async def test_allow_origin_on_success_and_errors(plain_gw: Gateway) -> None:
     hdr = [("Origin", ORIGIN)]
     ok = await call(plain_gw.port, chat_body(), headers=hdr)

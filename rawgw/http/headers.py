@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from rawgw.http.h11compat import plain_headers as plain_headers  # re-exported: one copy
+
 Header = tuple[bytes, bytes]
 
 # RFC 9110 §7.6.1: hop-by-hop fields never cross a proxy; plus any field the
@@ -38,8 +40,20 @@ REQUEST_DROP: frozenset[bytes] = (
 # one Server, SPEC 6); Content-Length is re-added by the relay only when the body
 # passes unchanged.
 RESPONSE_DROP: frozenset[bytes] = HOP_BY_HOP | frozenset(
-    {b"date", b"server", b"content-length", b"x-request-id", b"server-timing", b"x-accel-buffering"}
+    {b"date", b"server", b"content-length", b"x-request-id", b"x-upstream-request-id", b"server-timing", b"x-accel-buffering"}
 )
+
+
+def upstream_request_id(headers: Iterable[Header]) -> bytes | None:
+    """The provider's own id of the request: ``x-request-id`` (OpenAI and most), else
+    Anthropic's ``request-id``; sent to the client as X-Upstream-Request-ID."""
+    found = None
+    for n, v in headers:
+        if n == b"x-request-id":
+            return v
+        if n == b"request-id":
+            found = v
+    return found
 
 
 def connection_listed(headers: Iterable[Header]) -> frozenset[bytes]:
@@ -68,17 +82,3 @@ def get_header(headers: Iterable[Header], name: bytes) -> bytes | None:
         if n == name:
             return v
     return None
-
-
-def plain_headers(headers: Iterable[Header]) -> list[Header]:
-    """h11's Headers as a plain list, once per message.
-
-    Iterating h11's Headers goes through ``Sequence.__iter__``/``__getitem__`` in
-    Python (~1.3 µs per scan of 7 headers); a list scan is ~0.2 µs, and a request
-    is scanned several times. ``_full_items`` is h11's backing list of
-    (raw name, lowercase name, value); without it, fall back to plain iteration.
-    """
-    items = getattr(headers, "_full_items", None)
-    if items is not None:
-        return [(name, value) for _, name, value in items]
-    return list(headers)

@@ -16,7 +16,8 @@ Element ids (stable, read by tests/test_dashboard.py): ``conn-status``, ``update
 ``latency-p50``, ``latency-p99``, ``latency-mean``, ``overhead-p50``, ``overhead-p99``,
 ``tokens-prompt``, ``tokens-completion``, ``tokens-total``,
 ``tokens-<provider/model>-prompt`` / ``-completion``, ``open-connections``,
-``active-streams``, ``failovers``, ``rate-limited``, ``cache-hit``, ``cache-miss``,
+``active-streams``, ``process-cpu`` (% of one core between polls), ``process-rss`` /
+``process-vms`` (MiB), ``process-fds``, ``process-max-fds``, ``failovers``, ``rate-limited``, ``cache-hit``, ``cache-miss``,
 ``breaker-<provider>``, ``key-<provider>-<i>``, ``key-state-<provider>-<i>``,
 ``key-cooldown-<provider>-<i>``, ``key-requests-<provider>-<i>``,
 ``key-failures-<provider>-<i>``, ``errors`` (the table body of recent errors, newest first,
@@ -186,6 +187,15 @@ button.link { border: none; background: none; color: var(--accent); padding: 0; 
         <span class="nw">rate-limited <b id="rate-limited">&mdash;</b></span> &middot;
         <span class="nw">cache <b id="cache-hit">&mdash;</b> hit / <b id="cache-miss">&mdash;</b> miss</span></div>
     </div>
+    <div class="card">
+      <h2>Process</h2>
+      <div class="pair">
+        <div><div class="lbl">CPU</div><div class="big"><span id="process-cpu">&mdash;</span><span class="unit">%</span></div></div>
+        <div><div class="lbl">resident</div><div class="big"><span id="process-rss">&mdash;</span><span class="unit">MiB</span></div></div>
+      </div>
+      <div class="sub"><span class="nw">virtual <b id="process-vms">&mdash;</b> MiB</span> &middot;
+        <span class="nw">fds <b id="process-fds">&mdash;</b> / <b id="process-max-fds">&mdash;</b></span></div>
+    </div>
   </div>
 
   <div class="grid2">
@@ -223,6 +233,7 @@ button.link { border: none; background: none; color: var(--accent); padding: 0; 
   var POLL_MS = 2000, WINDOW_MS = 10000, SPARK_POINTS = 60, STORE = "rawgw.dashboard.key";
   var samples = [];   // {t: page clock ms, n: requests_total, up: uptime_s}
   var rates = [];     // per-interval rates for the sparkline
+  var cpuPrev = null; // {t: page clock ms, cpu: process cpu_seconds, start: start_time}
   var lastOk = 0, busy = false;
 
   function $(id) { return document.getElementById(id); }
@@ -321,8 +332,24 @@ button.link { border: none; background: none; color: var(--accent); padding: 0; 
     $("spark-line").setAttribute("points", pts.join(" "));
   }
 
+  function renderProcess(p) {
+    if (!p) return;
+    var now = performance.now();
+    // CPU share of one core since the last poll; another process answering (a restart or
+    // another worker) starts over.
+    if (cpuPrev && cpuPrev.start === p.start_time && now > cpuPrev.t && p.cpu_seconds >= cpuPrev.cpu) {
+      setText("process-cpu", fmtNum((p.cpu_seconds - cpuPrev.cpu) * 100000 / (now - cpuPrev.t), 1));
+    }
+    cpuPrev = {t: now, cpu: p.cpu_seconds, start: p.start_time};
+    setText("process-rss", fmtNum(p.resident_memory_bytes / 1048576, 1));
+    setText("process-vms", fmtNum(p.virtual_memory_bytes / 1048576, 0));
+    setText("process-fds", fmtInt(p.open_fds));
+    setText("process-max-fds", fmtInt(p.max_fds));
+  }
+
   function render(snap) {
     renderRate(snap);
+    renderProcess(snap.process);
     setText("updated", fmtTime(snap.time));
     setText("uptime", fmtDur(snap.uptime_s));
     setText("requests-total", fmtInt(snap.requests_total));

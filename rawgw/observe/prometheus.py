@@ -3,18 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
-from rawgw.observe.metrics import LATENCY_BUCKETS, Histogram, _esc
-
-if TYPE_CHECKING:
-    from rawgw.app import Gateway
+from rawgw.observe import process
+from rawgw.observe.metrics import LATENCY_BUCKETS, Histogram, Metrics, _esc
 
 
-def render(gw: Gateway) -> str:
-    m = gw.recorder.metrics
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """What /metrics and /metrics.json show, gathered by the gateway at scrape time."""
+
+    metrics: Metrics
+    started: float  # time.time() at start
+    open_connections: int
+    active_streams: int
+    pools: dict[str, tuple[int, int]]  # origin label -> (open, idle)
+    providers: dict[str, Any]  # /health/providers' "providers"
+    recent_errors: list[dict[str, object]]
+    log_dropped: int
+
+
+def render(stats: Stats) -> str:
+    m = stats.metrics
     out: list[str] = []
 
     def head(name: str, kind: str, help_text: str) -> None:
@@ -47,20 +61,19 @@ def render(gw: Gateway) -> str:
     head("rawgw_cache_total", "counter", "Response cache look-ups by result.")
     for result, n in sorted(m.cache.items()):
         out.append(f'rawgw_cache_total{{result="{result}"}} {n}')
-    now = time.time()
     head("rawgw_provider_keys", "gauge", "Provider keys by state (active, cooling, disabled).")
-    for name, pool in gw.router.pools.items():
+    for name, provider in stats.providers.items():
         counts = {"active": 0, "cooling": 0, "disabled": 0}
-        for st in pool.states.values():
-            counts["disabled" if st.disabled else "cooling" if st.cooldown_until > now else "active"] += 1
+        for k in provider["keys"]:
+            counts[k["state"]] += 1
         for state, n in counts.items():
             out.append(f'rawgw_provider_keys{{provider="{_esc(name)}",state="{state}"}} {n}')
     head("rawgw_open_connections", "gauge", "Open client connections.")
-    out.append(f"rawgw_open_connections {len(gw.clients)}")
+    out.append(f"rawgw_open_connections {stats.open_connections}")
     head("rawgw_active_streams", "gauge", "Responses being relayed right now.")
-    out.append(f"rawgw_active_streams {gw.active_streams}")
+    out.append(f"rawgw_active_streams {stats.active_streams}")
     head("rawgw_upstream_pool_connections", "gauge", "Upstream connections per origin (open, idle).")
-    for authority, (open_n, idle_n) in sorted(gw.pools.stats().items()):
+    for authority, (open_n, idle_n) in sorted(stats.pools.items()):
         out.append(f'rawgw_upstream_pool_connections{{origin="{_esc(authority)}",state="open"}} {open_n}')
         out.append(f'rawgw_upstream_pool_connections{{origin="{_esc(authority)}",state="idle"}} {idle_n}')
     head("rawgw_process_open_fds", "gauge", "File descriptors open in this process (leak check).")
@@ -68,7 +81,8 @@ def render(gw: Gateway) -> str:
     head("rawgw_asyncio_tasks", "gauge", "asyncio tasks alive in this process (leak check).")
     out.append(f"rawgw_asyncio_tasks {len(asyncio.all_tasks())}")
     head("rawgw_log_records_dropped_total", "counter", "Log records dropped because the log queue was full.")
-    out.append(f"rawgw_log_records_dropped_total {gw.recorder.writer.dropped}")
+    out.append(f"rawgw_log_records_dropped_total {stats.log_dropped}")
+    process.render(out)
     return "\n".join(out) + "\n"
 
 
@@ -92,9 +106,9 @@ def _quantile(h: Histogram, q: float) -> float | None:
     return h.buckets[-1]
 
 
-def snapshot(gw: Gateway) -> dict[str, Any]:
+def snapshot(stats: Stats) -> dict[str, Any]:
     """What /dashboard shows; the page computes rates from successive snapshots."""
-    m = gw.recorder.metrics
+    m = stats.metrics
     by_status: dict[str, int] = {}
     by_provider: dict[str, int] = {}
     by_kind: dict[str, int] = {}
@@ -112,13 +126,14 @@ def snapshot(gw: Gateway) -> dict[str, Any]:
         merged.counts = [a + b for a, b in zip(merged.counts, h.counts)]
         merged.count += h.count
         merged.sum += h.sum
+    proc = process.read()
     tokens: dict[str, dict[str, int]] = {}
     for (provider, model, _key, kind), n in m.tokens.items():
         entry = tokens.setdefault(f"{provider}/{model}", {"prompt": 0, "completion": 0})
         entry[kind] = entry.get(kind, 0) + n
     return {
         "time": time.time(),
-        "uptime_s": round(time.time() - gw.started, 3),
+        "uptime_s": round(time.time() - stats.started, 3),
         "requests_total": merged.count,
         "by_status": by_status,
         "by_kind": by_kind,
@@ -134,10 +149,11 @@ def snapshot(gw: Gateway) -> dict[str, Any]:
         "cache": dict(m.cache),
         "rate_limited": sum(m.rate_limited.values()),
         "failovers": sum(m.failovers.values()),
-        "open_connections": len(gw.clients),
-        "active_streams": gw.active_streams,
-        "providers": gw.local.providers_status()["providers"],
-        "recent_errors": list(gw.recorder.recent_errors)[-20:],
+        "open_connections": stats.open_connections,
+        "active_streams": stats.active_streams,
+        "providers": stats.providers,
+        "recent_errors": stats.recent_errors[-20:],
+        "process": None if proc is None else dataclasses.asdict(proc),
     }
 
 

@@ -9,16 +9,12 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from time import perf_counter
-from typing import TYPE_CHECKING
 
 from rawgw.config import Config
 from rawgw.observe.chatlog import chat_record, write_chat_file
 from rawgw.observe.logwriter import LogWriter
 from rawgw.observe.metrics import Metrics
-
-if TYPE_CHECKING:
-    from rawgw.relay import Exchange
+from rawgw.observe.record import FailedAttempt, RequestRecord
 
 log = logging.getLogger("rawgw.access")
 
@@ -36,120 +32,112 @@ class Recorder:
         self.config = config
         self.writer.reconfigure(config.logging)
 
-    def request_done(self, ex: Exchange) -> None:
-        now = perf_counter()
-        duration = now - ex.t0
-        status = ex.status or (499 if ex.outcome == "client_closed" else 0)
-        upstream_s = (ex.t_head - ex.t_sent) if ex.t_head and ex.t_sent else None
-        key_name = ex.key.name if ex.key else ""
-        self.metrics.request(ex.endpoint.kind, ex.provider, status, duration, upstream_s, ex.attempts, key_name)
-        usage = ex.usage
-        if usage is not None:
-            model = ex.upstream_model or ""
-            self.metrics.tokens[(ex.provider, model, key_name, "prompt")] += usage[0]
-            self.metrics.tokens[(ex.provider, model, key_name, "completion")] += usage[1]
-        if ex.overhead_s is not None:
-            self.metrics.overhead(max(0.0, ex.overhead_s))
+    def request_done(self, rec: RequestRecord) -> None:
+        m = self.metrics
+        status = rec.status
+        m.request(rec.kind, rec.provider, status, rec.duration_s, rec.upstream_ttfb_s, rec.attempts, rec.key_name)
+        if rec.cache is not None:
+            m.cache["hit" if rec.cache == "HIT" else "miss"] += 1
+        if rec.key_limited:
+            m.rate_limited[rec.key_name] += 1
+        if rec.prompt_tokens is not None:
+            model = rec.upstream_model or ""
+            m.tokens[(rec.provider, model, rec.key_name, "prompt")] += rec.prompt_tokens
+            m.tokens[(rec.provider, model, rec.key_name, "completion")] += rec.completion_tokens or 0
+        if rec.overhead_s is not None:
+            m.overhead(max(0.0, rec.overhead_s))
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "%s %s %s %d %.1fms provider=%s attempts=%d %s",
-                ex.request_id.decode(),
-                ex.request.method.decode(),
-                ex.request.target.decode("latin-1"),
+                rec.request_id,
+                rec.method,
+                rec.target,
                 status,
-                duration * 1000,
-                ex.provider or "-",
-                ex.attempts,
-                ex.outcome,
+                rec.duration_s * 1000,
+                rec.provider or "-",
+                rec.attempts,
+                rec.outcome,
             )
         if self.config.logging.access:
             self.writer.access(
                 {
-                    "time": time.time(),
-                    "request_id": ex.request_id.decode(),
-                    "method": ex.request.method.decode(),
-                    "path": ex.endpoint.path,
+                    "time": rec.wall_time,
+                    "request_id": rec.request_id,
+                    "method": rec.method,
+                    "path": rec.path,
                     "status": status,
-                    "duration_ms": round(duration * 1000, 3),
-                    "upstream_ttfb_ms": round(upstream_s * 1000, 3) if upstream_s is not None else None,
-                    "provider": ex.provider or None,
-                    "key_name": ex.key.name if ex.key else None,
-                    "client_model": ex.client_model,
-                    "upstream_model": ex.upstream_model,
-                    "attempts": ex.attempts,
-                    "bytes_in": ex.bytes_in,
-                    "bytes_out": ex.bytes_out,
-                    "stream": ex.stream,
-                    "prompt_tokens": usage[0] if usage else None,
-                    "completion_tokens": usage[1] if usage else None,
-                    "cache": ex.cache_status.decode() if ex.cache_status else None,
-                    "outcome": ex.outcome,
-                    "error": ex.error or None,
+                    "duration_ms": round(rec.duration_s * 1000, 3),
+                    "upstream_ttfb_ms": round(rec.upstream_ttfb_s * 1000, 3) if rec.upstream_ttfb_s is not None else None,
+                    "provider": rec.provider or None,
+                    "key_name": rec.key_name or None,
+                    "client_model": rec.client_model,
+                    "upstream_model": rec.upstream_model,
+                    "attempts": rec.attempts,
+                    "bytes_in": rec.bytes_in,
+                    "bytes_out": rec.bytes_out,
+                    "stream": rec.stream,
+                    "prompt_tokens": rec.prompt_tokens,
+                    "completion_tokens": rec.completion_tokens,
+                    "cache": rec.cache,
+                    "outcome": rec.outcome,
+                    "error": rec.error or None,
                 }
             )
-        if self.config.logging.chat and ex.endpoint.kind == "routed" and ex.request_body:
-            body = ex.response_body()
-            if body is not None:
-                record = chat_record(
-                    ex.request_id.decode(),
-                    ex.endpoint.path,
-                    ex.headers,
-                    ex.request_body,
-                    status,
-                    ex.response_headers,
-                    body,
-                    ex.stream,
-                    {
-                        "provider": ex.provider,
-                        "key_name": key_name or None,
-                        "client_model": ex.client_model,
-                        "upstream_model": ex.upstream_model,
-                        "attempts": ex.attempts,
-                        "outcome": ex.outcome,
-                        "cache": ex.cache_status.decode() if ex.cache_status else None,
-                    },
-                )
-                rid = ex.request_id.decode()
-                self.writer.put("__call__", lambda cfg: write_chat_file(cfg, rid, record))
-        if ex.error:
+        if rec.response_body is not None and self.config.logging.chat:
+            record = chat_record(
+                rec.request_id,
+                rec.path,
+                list(rec.request_headers),
+                rec.request_body,
+                status,
+                list(rec.response_headers),
+                rec.response_body,
+                rec.stream,
+                {
+                    "provider": rec.provider,
+                    "key_name": rec.key_name or None,
+                    "client_model": rec.client_model,
+                    "upstream_model": rec.upstream_model,
+                    "attempts": rec.attempts,
+                    "outcome": rec.outcome,
+                    "cache": rec.cache,
+                },
+            )
+            rid = rec.request_id
+            self.writer.put("__call__", lambda cfg: write_chat_file(cfg, rid, record))
+        if rec.error:
             self.recent_errors.append(
-                {
-                    "time": time.time(),
-                    "request_id": ex.request_id.decode(),
-                    "status": status,
-                    "provider": ex.provider or None,
-                    "message": ex.error,
-                }
+                {"time": rec.wall_time, "request_id": rec.request_id, "status": status, "provider": rec.provider or None, "message": rec.error}
             )
-        if ex.error and self.config.logging.errors:
-            self.writer.error(
-                {
-                    "time": time.time(),
-                    "request_id": ex.request_id.decode(),
-                    "path": ex.endpoint.path,
-                    "status": status,
-                    "outcome": ex.outcome,
-                    "message": ex.error,
-                }
-            )
+            if self.config.logging.errors:
+                self.writer.error(
+                    {
+                        "time": rec.wall_time,
+                        "request_id": rec.request_id,
+                        "path": rec.path,
+                        "status": status,
+                        "outcome": rec.outcome,
+                        "message": rec.error,
+                    }
+                )
 
-    def upstream_failure(self, ex: Exchange, provider: str, err: Exception, status: int | None = None) -> None:
-        self.metrics.failover(provider)
-        message = getattr(err, "message", str(err))
+    def upstream_failure(self, f: FailedAttempt) -> None:
+        self.metrics.failover(f.provider)
+        now = time.time()
         self.recent_errors.append(
-            {"time": time.time(), "request_id": ex.request_id.decode(), "status": status, "provider": provider, "message": message}
+            {"time": now, "request_id": f.request_id, "status": f.upstream_status, "provider": f.provider, "message": f.message}
         )
-        log.warning("%s upstream %s failed: %s", ex.request_id.decode(), provider, message)
+        log.warning("%s upstream %s failed: %s", f.request_id, f.provider, f.message)
         if self.config.logging.errors:
             self.writer.error(
                 {
-                    "time": time.time(),
-                    "request_id": ex.request_id.decode(),
-                    "provider": provider,
-                    "attempt": ex.attempts,
-                    "upstream_status": status,
-                    "kind": getattr(err, "kind", "error"),
-                    "message": message,
+                    "time": now,
+                    "request_id": f.request_id,
+                    "provider": f.provider,
+                    "attempt": f.attempt,
+                    "upstream_status": f.upstream_status,
+                    "kind": f.kind,
+                    "message": f.message,
                 }
             )
 

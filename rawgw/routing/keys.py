@@ -2,8 +2,8 @@
 
 Pure state, no sockets: the relay reports outcomes (``on_success``, ``on_429``,
 ``on_auth_failure``, ``on_failure``) and asks for the next keys to try.
-State is keyed by the key's value so it survives a config reload (SIGHUP) for
-keys whose value did not change.
+State is kept per (provider, key value) so it survives a config reload (SIGHUP)
+for keys whose value did not change in the same provider.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ class KeyPool:
         self.breaker = Breaker()
 
     def order(self) -> list[str]:
-        """Every key in the order this request should try them."""
+        """Every key in the order this request should try them (advances the round-robin)."""
         keys = self.keys
         if self.strategy == "first" or len(keys) == 1:
             return list(keys)
@@ -116,7 +116,13 @@ class KeyPool:
         return keys[i:] + keys[:i]
 
     def available(self, now: float) -> list[str]:
-        return [k for k in self.order() if self.states[k].available(now)]
+        """The usable keys, the next request's first; a read: the rotation does not move
+        (a /v1/models listing must not shift which key the next request uses)."""
+        keys = self.keys
+        if self.strategy == "round-robin" and len(keys) > 1:
+            i = self.next_index % len(keys)
+            keys = keys[i:] + keys[:i]
+        return [k for k in keys if self.states[k].available(now)]
 
     def soonest_return(self, now: float) -> float | None:
         """Seconds until the first cooling key is back (None when none is cooling)."""

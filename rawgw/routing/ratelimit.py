@@ -44,6 +44,20 @@ class RateLimiter:
         capacity = max(1.0, (key.rate_limit_burst or 1) / self.workers)
         return rate, capacity
 
+    def peek(self, key: GatewayKey, now: float | None = None) -> list[tuple[bytes, bytes]]:
+        """The x-ratelimit-* headers without taking a token (gateway-local reads, issue 10.3)."""
+        now = time.monotonic() if now is None else now
+        rate, capacity = self.limits(key)
+        bucket = self.buckets.get(key.name)
+        if bucket is None or bucket.rate != rate or bucket.capacity != capacity:
+            tokens = capacity
+        else:
+            tokens = min(capacity, bucket.tokens + (now - bucket.stamp) * rate)
+        return [
+            (b"x-ratelimit-limit-requests", str(key.rate_limit_rpm).encode()),
+            (b"x-ratelimit-remaining-requests", str(math.floor(tokens)).encode()),
+        ]
+
     def check(self, key: GatewayKey, now: float | None = None) -> tuple[float, list[tuple[bytes, bytes]]]:
         """(seconds to wait or 0, the x-ratelimit-* headers for the response)."""
         now = time.monotonic() if now is None else now

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
@@ -59,7 +59,7 @@ class Plan:
     upstream_model: str | None = None
     route: Route | None = None
     parsed: dict[str, object] | None = None
-    bodies: dict[str, bytes] = field(default_factory=dict)
+    bodies: dict[tuple[str | None, bool], bytes] = field(default_factory=dict)  # see body_for
     stream: bool = False
 
 
@@ -70,12 +70,13 @@ class Router:
         self.config = config
         self.providers = config.providers
         self.by_priority = sorted(config.providers.values(), key=lambda p: p.priority)
-        prior: dict[str, KeyState] = {}
+        # Key state carries over per (provider, key value): two providers sharing a key
+        # value keep separate cooldowns across a reload, as before it.
+        prior: dict[str, dict[str, KeyState]] = {}
         if old is not None:
-            for pool in old.pools.values():
-                prior.update(pool.states)
+            prior = {name: pool.states for name, pool in old.pools.items()}
         self.pools: dict[str, KeyPool] = {
-            name: KeyPool(p.keys, p.key_strategy, p.cooldown_s, prior) for name, p in config.providers.items()
+            name: KeyPool(p.keys, p.key_strategy, p.cooldown_s, prior.get(name)) for name, p in config.providers.items()
         }
         if old is not None:
             for name, pool in self.pools.items():
@@ -138,19 +139,7 @@ class Router:
         validate_body(endpoint.rest, parsed)
         if key is not None and key.models and not any(fnmatchcase(model, g) for g in key.models):
             raise GatewayError(403, f"key '{key.name}' may not use model '{model}'", code="model_not_allowed")
-        route = next((r for r in self.config.routes if fnmatchcase(model, r.match)), None)
-        upstream_model = route.model if route is not None and route.model else model
-        if route is not None and route.providers:
-            # dict.fromkeys: a provider named twice is still one candidate (SPEC 5.3)
-            candidates = [self.providers[n] for n in dict.fromkeys(route.providers)]
-            if endpoint.anthropic_only:
-                candidates = [p for p in candidates if p.type == "anthropic"]
-        else:
-            candidates = [
-                p
-                for p in self.by_priority
-                if (p.type == "anthropic") == endpoint.anthropic_only and any(fnmatchcase(upstream_model, g) for g in p.models)
-            ]
+        route, upstream_model, candidates = self.candidates(model, endpoint.anthropic_only)
         if key is not None and key.providers:
             narrowed = [p for p in candidates if p.name in key.providers]
             if candidates and not narrowed:
@@ -169,11 +158,35 @@ class Router:
             stream=parsed.get("stream") is True,
         )
 
+    def candidates(self, model: str, anthropic_only: bool) -> tuple[Route | None, str, list[Provider]]:
+        """SPEC 5.2: the first route fitting ``model``, the upstream model, and the providers
+        that may serve it, before a virtual key narrows them (also what /v1/models lists)."""
+        route = next((r for r in self.config.routes if fnmatchcase(model, r.match)), None)
+        upstream_model = route.model if route is not None and route.model else model
+        if route is not None and route.providers:
+            # dict.fromkeys: a provider named twice is still one candidate (SPEC 5.3)
+            candidates = [self.providers[n] for n in dict.fromkeys(route.providers)]
+            if anthropic_only:
+                candidates = [p for p in candidates if p.type == "anthropic"]
+        else:
+            candidates = [
+                p
+                for p in self.by_priority
+                if (p.type == "anthropic") == anthropic_only and any(fnmatchcase(upstream_model, g) for g in p.models)
+            ]
+        return route, upstream_model, candidates
+
+    def serves(self, provider: Provider, model: str) -> bool:
+        """Would a request for ``model`` be sent to ``provider``? (its own endpoint family)"""
+        name = provider.name
+        return any(p.name == name for p in self.candidates(model, provider.type == "anthropic")[2])
+
     def body_for(self, plan: Plan, provider: Provider) -> bytes:
         """SPEC 5.5: rewrite only when needed; otherwise the exact bytes received."""
         route = plan.route
         upstream_model = self.model_for(plan, provider)
-        cache_key = provider.name if upstream_model != plan.upstream_model else provider.type
+        # The body depends on exactly these two: providers that agree on both share it.
+        cache_key = (upstream_model, provider.type == "openrouter")
         cached = plan.bodies.get(cache_key)
         if cached is not None:
             return cached
@@ -223,22 +236,22 @@ class Router:
 
     # ---- attempts -----------------------------------------------------------
 
-    def attempts(self, plan: Plan) -> Iterator[tuple[Provider, KeyPool, str]]:
+    def attempts(self, plan: Plan, clock: Callable[[], float] = time.time) -> Iterator[tuple[Provider, KeyPool, str]]:
         """Provider/key pairs in failover order; each pair at most once per request.
 
-        Availability is checked lazily, so a 429 on one attempt makes later
+        ``clock`` gives wall time (injectable for tests). Availability is checked lazily, so a 429 on one attempt makes later
         attempts skip that key. When nothing at all is available because keys
         are resting, raises 429 with the soonest return (never hammers a resting key).
         """
         yielded = False
-        now = time.time()
+        now = clock()
         soonest: float | None = None
         for provider in plan.candidates:
             pool = self.pools[provider.name]
-            if not pool.breaker.allow(time.time()):
+            if not pool.breaker.allow(clock()):
                 continue
             for key in pool.order():
-                now = time.time()
+                now = clock()
                 if not pool.states[key].available(now):
                     continue
                 yielded = True

@@ -13,10 +13,13 @@ import logging
 from typing import TYPE_CHECKING, Protocol, cast
 
 import h11
+from h11._headers import Headers
 
 from rawgw.errors import REASONS, GatewayError
 from rawgw.http.date import http_date
-from rawgw.http.strict import head_violation
+from rawgw.http.flow import FlowControl
+from rawgw.http.h11compat import trusted_response
+from rawgw.http.strict import ChunkLines, chunked_not_final, head_violation, valid_host
 from rawgw.http.tcp import set_nodelay
 
 if TYPE_CHECKING:
@@ -42,6 +45,10 @@ class Handler(Protocol):
 
     def on_request(self, client: ClientConnection, request: h11.Request) -> None: ...
 
+    def early_error_headers(self) -> list[Header]:
+        """Headers for errors written before a request could be parsed (400/408/431)."""
+        ...
+
 
 class Sink(Protocol):
     """The current exchange, as the server leg sees it."""
@@ -51,8 +58,6 @@ class Sink(Protocol):
     def on_body_end(self) -> None: ...
 
     def on_client_gone(self) -> None: ...
-
-    def on_writable(self, writable: bool) -> None: ...
 
 
 class ClientConnection(asyncio.Protocol):
@@ -68,7 +73,8 @@ class ClientConnection(asyncio.Protocol):
         self.sink: Sink | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.writable = True
-        self.reading_paused = False
+        self.flow = FlowControl()  # this socket's reading (pipelining bound, slow upstream)
+        self.peer: FlowControl | None = None  # the upstream's reading, paused by our write buffer
         self.closed = False
         self.draining = False  # server shutting down: close after the current response
         self.request_done = False  # the current request's body fully received
@@ -81,12 +87,16 @@ class ClientConnection(asyncio.Protocol):
         self.processing = False  # inside _process: a cycle continues the same loop
         self.cycles = 0  # requests answered in the current _process run (fairness)
         self.lingering = False  # answered and half-closed; draining input until close
+        self.head_request = False  # the current request is HEAD: its answer has no body
+        self.chunk_lines: ChunkLines | None = None  # checks a chunked request body's lines
+        self.last_head: bytearray | None = None  # a complete head h11 has not parsed yet
 
     # ---- asyncio.Protocol -------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
+        self.flow.transport = transport
         self.registry.add(self)
         set_nodelay(transport)
         self._arm_header_timer()
@@ -105,6 +115,12 @@ class ClientConnection(asyncio.Protocol):
                 self._pause_reading()
         elif not self.in_flight and self.timer is not None and not self._header_timer_armed:
             self._arm_header_timer()
+        chunks = self.chunk_lines
+        if chunks is not None and not chunks.done:
+            problem = chunks.feed(data)
+            if problem is not None:
+                self._protocol_error(h11.RemoteProtocolError(problem, error_status_hint=400))
+                return
         self.h11.receive_data(data)
         self._process()
 
@@ -129,6 +145,7 @@ class ClientConnection(asyncio.Protocol):
                 return False
             if end >= 0:
                 self.head_buf = None
+                self.last_head = head  # for the reason of a refusal by h11 (_protocol_error)
         return True
 
     def eof_received(self) -> bool:
@@ -152,16 +169,16 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.writable = False
-        if self.sink is not None:
-            self.sink.on_writable(False)
+        if self.peer is not None:
+            self.peer.pause_reading()  # a slow client pauses the upstream response
 
     def resume_writing(self) -> None:
         self.writable = True
         if not self.in_flight and not self.closed:
             # pipelined requests waited for the client to read our answers
             self.loop.call_soon(self._process_pipelined)
-        if self.sink is not None:
-            self.sink.on_writable(True)
+        if self.peer is not None:
+            self.peer.resume_reading()
 
     # ---- reading requests -------------------------------------------------
 
@@ -192,6 +209,7 @@ class ClientConnection(asyncio.Protocol):
                 self._on_request(event)  # type: ignore[arg-type]
             elif etype is h11.EndOfMessage:
                 self.request_done = True
+                self.chunk_lines = None
                 if self.sink is not None:
                     self.sink.on_body_end()
                 self._maybe_cycle()
@@ -208,10 +226,29 @@ class ClientConnection(asyncio.Protocol):
         self.response_done = False
         self.pipelined = 0
         self.body_seen = 0
-        bad = check_request_framing(request, self.config.max_body_bytes) or self._check_target(request)
+        self.last_head = None
+        self.head_request = request.method == b"HEAD"
+        self.chunk_lines = None
+        if request.http_version[:1] != b"1":
+            # RFC 9112 §2.3: only major version 1 is spoken here (1.x answered as 1.1).
+            self.send_error(GatewayError(505, "HTTP version not supported: use HTTP/1.1", close=True))
+            return
+        bad, underscore, chunked = check_request_framing(request, self.config.max_body_bytes)
+        bad = bad or self._check_target(request)
         if bad is not None:
             self.send_error(bad)
             return
+        if underscore:
+            # As nginx does (underscores_in_headers off): a name with "_" may be read as
+            # the "-" one by a back end (Transfer_Encoding), so such fields are dropped.
+            kept = [item for item in _full_items(request) if b"_" not in item[1]]
+            object.__setattr__(request, "headers", Headers(kept))
+        if chunked:
+            chunks = self.chunk_lines = ChunkLines(self.config.max_header_bytes)
+            problem = chunks.feed(self.h11.trailing_data[0])
+            if problem is not None:
+                self._protocol_error(h11.RemoteProtocolError(problem, error_status_hint=400))
+                return
         self.handler.on_request(self, request)
 
     def _check_target(self, request: h11.Request) -> GatewayError | None:
@@ -255,6 +292,9 @@ class ClientConnection(asyncio.Protocol):
         status = exc.error_status_hint
         if status == 501 and "multiple" in str(exc):
             status = 400  # TE.TE smuggling: not an unknown coding, a refused duplicate
+        chunked_misplaced = status == 501 and self.last_head is not None and chunked_not_final(self.last_head)
+        if chunked_misplaced:
+            status = 400  # RFC 9112 §6.3: chunked not final, the length cannot be known
         if self.in_flight and self.response_started:
             self.close()
             return
@@ -266,6 +306,8 @@ class ClientConnection(asyncio.Protocol):
             return
         if status == 431:
             msg = f"request head exceeds {self.config.max_header_bytes} bytes"
+        elif chunked_misplaced:
+            msg = "malformed request: chunked must be the final transfer coding, applied once"
         elif status == 501:
             msg = "unsupported transfer coding: only chunked is supported"
         else:
@@ -323,7 +365,7 @@ class ClientConnection(asyncio.Protocol):
     def send_continue(self) -> None:
         """Answer ``Expect: 100-continue`` once the request was accepted."""
         if self.h11.they_are_waiting_for_100_continue and self.transport is not None:
-            self.transport.write(self.h11.send(h11.InformationalResponse(status_code=100, headers=[])))
+            self.transport.write(self.h11.send(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")))
 
     def send_head(self, status: int, headers: list[Header], reason: bytes = b"") -> None:
         """Write the response head; ``headers`` must not hold Date or Server."""
@@ -335,7 +377,7 @@ class ClientConnection(asyncio.Protocol):
             headers.append((b"connection", b"close"))
         # _parsed=True skips h11's per-header regexes: names and values come from
         # h11-parsed upstream heads, the validated config, or our own constants.
-        data = self.h11.send(h11.Response(status_code=status, headers=headers, reason=reason or REASONS.get(status, b""), _parsed=True))
+        data = self.h11.send(trusted_response(status, headers, reason or REASONS.get(status, b"")))
         assert data is not None
         if self.corked is not None:
             self.corked.append(data)
@@ -343,8 +385,8 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(data)
 
     def send_body(self, data: bytes) -> None:
-        if self.closed or self.transport is None:
-            return
+        if self.closed or self.transport is None or self.head_request:
+            return  # RFC 9110 §9.3.2: the answer to HEAD is the GET head, no body
         pieces = self.h11.send_with_data_passthrough(h11.Data(data=data)) or []
         if self.corked is not None:
             self.corked.extend(pieces)
@@ -359,7 +401,8 @@ class ClientConnection(asyncio.Protocol):
     def uncork(self) -> None:
         pending = self.corked
         self.corked = None
-        if pending and self.transport is not None and not self.transport.is_closing():
+        # after write_eof (lingering) nothing more may be written: the answer already left
+        if pending and self.transport is not None and not self.lingering and not self.transport.is_closing():
             self.transport.writelines(pending)
 
     def send_end(self) -> None:
@@ -388,11 +431,12 @@ class ClientConnection(asyncio.Protocol):
         """A whole response with a known body, in one write."""
         if self.closed or self.transport is None:
             return
-        headers.append((b"content-length", str(len(body)).encode()))
+        if status != 204:  # RFC 9110 §8.6: a 204 carries no Content-Length
+            headers.append((b"content-length", str(len(body)).encode()))
         corked = self.corked is not None
         self.cork()
         self.send_head(status, headers)
-        if body and self.h11.our_state is h11.SEND_BODY:
+        if body and self.h11.our_state is h11.SEND_BODY and not self.head_request:
             self.send_body(body)
         self.send_end()
         if not corked:
@@ -427,10 +471,8 @@ class ClientConnection(asyncio.Protocol):
                 http_date(),
             )
         )
-        extra = getattr(self.handler, "extra_error_headers", None)
-        if extra is not None:
-            for name, value in extra():
-                head += name + b": " + value + b"\r\n"
+        for name, value in self.handler.early_error_headers():
+            head += name + b": " + value + b"\r\n"
         self.transport.write(head + b"\r\n" + body)
         self.linger()
 
@@ -465,7 +507,7 @@ class ClientConnection(asyncio.Protocol):
             if self.writable:
                 self.loop.call_soon(self._process_pipelined)
             return
-        if self.reading_paused:
+        if self.flow.read_paused:
             self._resume_reading()
         if not self.processing:
             self.loop.call_soon(self._process_pipelined)
@@ -473,7 +515,7 @@ class ClientConnection(asyncio.Protocol):
     def _process_pipelined(self) -> None:
         if self.closed or self.in_flight or self.lingering or not self.writable:
             return
-        if self.reading_paused:
+        if self.flow.read_paused:
             self._resume_reading()
         self._process()
 
@@ -490,21 +532,12 @@ class ClientConnection(asyncio.Protocol):
         self.close()
 
     def _pause_reading(self) -> None:
-        if not self.reading_paused and self.transport is not None and not self.closed:
-            self.reading_paused = True
-            self.transport.pause_reading()
+        if not self.closed:
+            self.flow.pause_reading()
 
     def _resume_reading(self) -> None:
-        if self.reading_paused and self.transport is not None and not self.closed:
-            self.reading_paused = False
-            self.transport.resume_reading()
-
-    def pause_reading(self) -> None:
-        """Back-pressure from the upstream leg (request body streaming)."""
-        self._pause_reading()
-
-    def resume_reading(self) -> None:
-        self._resume_reading()
+        if not self.closed:
+            self.flow.resume_reading()
 
     def linger(self) -> None:
         """Close after an answer while the client may still be sending.
@@ -522,9 +555,7 @@ class ClientConnection(asyncio.Protocol):
         self.in_flight = False
         if self.transport.can_write_eof():
             self.transport.write_eof()
-        if self.reading_paused:
-            self.reading_paused = False
-            self.transport.resume_reading()
+        self.flow.resume_reading()
         now = self.loop.time()
         self.linger_last = now
         self.linger_until = now + LINGER_S
@@ -557,20 +588,37 @@ class ClientConnection(asyncio.Protocol):
             self.close()
 
 
-def check_request_framing(request: h11.Request, max_body_bytes: int) -> GatewayError | None:
-    """Refusals h11 itself lets through (RFC 9112 §6.1, §6.3)."""
-    te = cl = None
-    for name, value in request.headers:
+def check_request_framing(request: h11.Request, max_body_bytes: int) -> tuple[GatewayError | None, bool, bool]:
+    """Refusals h11 itself lets through (RFC 9112 §3.2, §6.1, §6.3).
+
+    Also tells whether a header name holds "_" and whether the body is chunked.
+    """
+    te = cl = host = None
+    underscore = False
+    for _, name, value in _full_items(request):
         if name == b"transfer-encoding":
             te = value
         elif name == b"content-length":
             cl = value
+        elif name == b"host":
+            host = value
+        elif b"_" in name:
+            underscore = True
+    if host is not None and not valid_host(host) and (host or request.http_version != b"1.0"):
+        # The reason only: the value may hold userinfo (a credential).
+        return GatewayError(400, "malformed Host header: must be host[:port]", close=True), underscore, False
     if te is not None:
         if cl is not None:
             # RFC 9112 §6.3: a message with both TE and CL is a smuggling vector.
-            return GatewayError(400, "request has both Transfer-Encoding and Content-Length", close=True)
+            return GatewayError(400, "request has both Transfer-Encoding and Content-Length", close=True), underscore, True
         if request.http_version == b"1.0":
-            return GatewayError(400, "Transfer-Encoding is not allowed in HTTP/1.0 requests", close=True)
+            return GatewayError(400, "Transfer-Encoding is not allowed in HTTP/1.0 requests", close=True), underscore, True
     if cl is not None and int(cl) > max_body_bytes:
-        return GatewayError(413, f"request body exceeds {max_body_bytes} bytes", close=True)
-    return None
+        return GatewayError(413, f"request body exceeds {max_body_bytes} bytes", close=True), underscore, False
+    return None, underscore, te is not None
+
+
+def _full_items(request: h11.Request) -> list[tuple[bytes, bytes, bytes]]:
+    """h11's (raw name, lowercase name, value) list: no Sequence iteration in Python."""
+    items = getattr(request.headers, "_full_items", None)
+    return items if items is not None else [(n, n, v) for n, v in request.headers]

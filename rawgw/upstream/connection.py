@@ -9,14 +9,14 @@ that, body bytes are pushed to the exchange's callbacks straight from
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Protocol, cast
+from collections.abc import Callable
+from typing import Protocol, cast
 
 import h11
 
+from rawgw.http.flow import FlowControl
+from rawgw.http.strict import has_control
 from rawgw.http.tcp import set_nodelay
-
-if TYPE_CHECKING:
-    from rawgw.upstream.pool import OriginPool
 
 Header = tuple[bytes, bytes]
 
@@ -45,8 +45,10 @@ class BodySink(Protocol):
 class UpstreamConnection(asyncio.Protocol):
     """h11 client state plus the silence timer for one upstream socket."""
 
-    def __init__(self, pool: OriginPool, max_header_bytes: int) -> None:
-        self.pool = pool
+    def __init__(self, on_done: Callable[[UpstreamConnection, bool], None], max_header_bytes: int) -> None:
+        # The pool's callback: (conn, reusable) when an exchange ends or the socket
+        # dies — reusable=True puts it back in the pool, False forgets it.
+        self.on_done = on_done
         self.loop = asyncio.get_running_loop()
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_header_bytes)
         self.max_header_bytes = max_header_bytes
@@ -55,20 +57,21 @@ class UpstreamConnection(asyncio.Protocol):
         self.sink: BodySink | None = None
         self.streaming = False  # body events go to the sink (after the relay took the head)
         self.closed = False
-        self.reading_paused = False
+        self.flow = FlowControl()  # this socket's reading (paused by a slow client)
+        self.peer: FlowControl | None = None  # the client's reading, paused by our write buffer
         self.busy = False
         self.last_read = 0.0
         self.read_timeout = 300.0
         self.silence_timer: asyncio.TimerHandle | None = None
         self.head_timer: asyncio.TimerHandle | None = None
         self.idle_since = 0.0  # loop time it went back to the pool (the pool reaps)
-        self.on_writable: object = None  # callable(bool) for request-body back-pressure
 
     # ---- asyncio.Protocol -------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
+        self.flow.transport = transport
         set_nodelay(transport)
 
     def data_received(self, data: bytes) -> None:
@@ -100,19 +103,17 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._cancel_timers()
-        self.pool.discard(self)
+        self.on_done(self, False)
         if self.busy:
             self._fail(UpstreamError("reset", "upstream closed the connection" + (f": {exc}" if exc else "")))
 
     def pause_writing(self) -> None:
-        cb = self.on_writable
-        if callable(cb):
-            cb(False)
+        if self.peer is not None:
+            self.peer.pause_reading()  # request body: stop reading the client
 
     def resume_writing(self) -> None:
-        cb = self.on_writable
-        if callable(cb):
-            cb(True)
+        if self.peer is not None:
+            self.peer.resume_reading()
 
     # ---- one exchange -------------------------------------------------------
 
@@ -131,6 +132,7 @@ class UpstreamConnection(asyncio.Protocol):
             return fut
         self.busy = True
         self.streaming = False
+        self.peer = None
         self.read_timeout = read_timeout
         self.head_waiter = self.loop.create_future()
         if head_timeout is not None:
@@ -164,19 +166,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.last_read = self.loop.time()
         self.silence_timer = self.loop.call_at(self.last_read + self.read_timeout, self._silence_check)
         self._process()
-        if not self.closed and self.transport is not None and not self.reading_paused:
+        if not self.closed and self.transport is not None and not self.flow.read_paused:
             self.transport.resume_reading()
-
-    def set_reading(self, on: bool) -> None:
-        """Flow control: a slow client pauses reading from the upstream."""
-        if self.closed or self.transport is None:
-            return
-        if on and self.reading_paused:
-            self.reading_paused = False
-            self.transport.resume_reading()
-        elif not on and not self.reading_paused:
-            self.reading_paused = True
-            self.transport.pause_reading()
 
     def _process(self) -> None:
         conn = self.h11
@@ -219,12 +210,18 @@ class UpstreamConnection(asyncio.Protocol):
             self.head_timer = None
         te = cl = False
         size = 15 + len(response.reason)
+        values = [response.reason]
         for name, value in response.headers:
             size += len(name) + len(value) + 4
+            values.append(value)
             if name == b"transfer-encoding":
                 te = True
             elif name == b"content-length":
                 cl = True
+        if has_control(b"".join(values)):
+            # RFC 9110 §5.5 (h11 accepts these): never relay what a client may split on.
+            self._fail(UpstreamError("protocol", "upstream response head holds a control character"))
+            return
         if te and cl:
             # RFC 9112 §6.3: both TE and CL is a smuggling vector; never forward it.
             self._fail(UpstreamError("protocol", "upstream response has both Transfer-Encoding and Content-Length"))
@@ -247,10 +244,15 @@ class UpstreamConnection(asyncio.Protocol):
         self.streaming = False
         self.head_waiter = None
         self._cancel_timers()
-        reusable = self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE and not self.closed
+        self.peer = None
+        conn = self.h11
+        # httpcore's rule, plus: the response ended exactly where its framing said.
+        # Bytes h11 still holds (a second response in the same read, a body sent
+        # to a HEAD) would be served to the next, unrelated client: close instead.
+        reusable = conn.our_state is h11.DONE and conn.their_state is h11.DONE and not self.closed and conn.trailing_data == (b"", False)
         if reusable:
             self.h11.start_next_cycle()
-            self.pool.release(self)
+            self.on_done(self, True)
         else:
             self.abort()
         if sink is not None:
@@ -278,7 +280,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         now = self.loop.time()
         deadline = self.last_read + self.read_timeout
-        if self.reading_paused:
+        if self.flow.read_paused:
             # The client is slow, not the upstream: silence does not count.
             self.last_read = now
             deadline = now + self.read_timeout
@@ -300,7 +302,8 @@ class UpstreamConnection(asyncio.Protocol):
         if not self.closed:
             self.closed = True
         self._cancel_timers()
-        self.pool.discard(self)
+        self.peer = None
+        self.on_done(self, False)
         if self.transport is not None:
             self.transport.abort()
 
@@ -322,4 +325,5 @@ class UpstreamConnection(asyncio.Protocol):
             and not self.transport.is_closing()
             and self.h11.our_state is h11.IDLE
             and self.h11.their_state is h11.IDLE
+            and self.h11.trailing_data == (b"", False)
         )

@@ -1,7 +1,8 @@
-"""Keep-alive pools per upstream origin: connect (TCP, TLS, CONNECT proxy), reuse, reap.
+"""Keep-alive pools per upstream origin: connect (TCP, TLS, CONNECT or SOCKS5 proxy), reuse, reap.
 
 A connection goes back to the pool only when its exchange ended cleanly (both h11
-sides DONE); one the upstream closed or that turned readable while idle is
+sides DONE, and h11 holds no byte past the response: leftovers would be served to
+the next client); one the upstream closed or that turned readable while idle is
 dropped (httpcore's rule). The pool is bounded by the provider's
 ``max_connections``; callers past the bound wait for a slot.
 """
@@ -15,7 +16,9 @@ import urllib.parse
 from collections import deque
 from dataclasses import dataclass
 
+from rawgw.http.netloc import authority
 from rawgw.upstream.connection import UpstreamConnection, UpstreamError
+from rawgw.upstream.socks import SocksProxy, open_tunnel, parse_proxy_url
 
 _tls_context: ssl.SSLContext | None = None
 
@@ -40,8 +43,7 @@ class Origin:
     @property
     def authority(self) -> str:
         default = 443 if self.scheme == "https" else 80
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return host if self.port == default else f"{host}:{self.port}"
+        return authority(self.host, self.port, default)
 
 
 class OriginPool:
@@ -57,6 +59,10 @@ class OriginPool:
         self.waiters: deque[asyncio.Future[None]] = deque()
         self.connecting = 0
         self.reaper: asyncio.TimerHandle | None = None  # one timer per pool, not per release
+        # Parsed once per origin (config already validated it), not per connection.
+        socks = parse_proxy_url(origin.proxy) if origin.proxy.lower().startswith("socks5") else None
+        self.socks: SocksProxy | None = socks if isinstance(socks, SocksProxy) else None
+        self.via = f" via SOCKS5 proxy {self.socks.label}" if self.socks is not None else ""
 
     @property
     def size(self) -> int:
@@ -85,7 +91,7 @@ class OriginPool:
         try:
             conn = await asyncio.wait_for(self._connect(), connect_timeout)
         except TimeoutError:
-            raise UpstreamError("connect", f"connect to {self.origin.authority} timed out after {connect_timeout:g} s") from None
+            raise UpstreamError("connect", f"connect to {self.origin.authority}{self.via} timed out after {connect_timeout:g} s") from None
         except ssl.SSLCertVerificationError as exc:
             raise UpstreamError("tls", f"TLS certificate verification failed for {self.origin.host}: {exc.verify_message}") from None
         except ssl.SSLError as exc:
@@ -105,11 +111,20 @@ class OriginPool:
         o = self.origin
 
         def factory() -> UpstreamConnection:
-            return UpstreamConnection(self, self.max_header_bytes)
+            return UpstreamConnection(self._done, self.max_header_bytes)
 
         tls = tls_context() if o.scheme == "https" else None
         if not o.proxy:
             _, proto = await loop.create_connection(factory, o.host, o.port, ssl=tls, server_hostname=o.host if tls else None)
+            return proto
+        if self.socks is not None:
+            sock = await open_tunnel(self.socks, o.host, o.port)
+            try:
+                # TLS inside the tunnel, the certificate checked against the upstream's name.
+                _, proto = await loop.create_connection(factory, sock=sock, ssl=tls, server_hostname=o.host if tls else None)
+            except BaseException:
+                sock.close()
+                raise
             return proto
         # Egress proxy: HTTP CONNECT, then TLS inside the tunnel.
         p = urllib.parse.urlsplit(o.proxy)
@@ -118,7 +133,7 @@ class OriginPool:
         if p.username:
             cred = f"{urllib.parse.unquote(p.username)}:{urllib.parse.unquote(p.password or '')}".encode()
             auth = b"Proxy-Authorization: Basic " + base64.b64encode(cred) + b"\r\n"
-        target = f"{o.host}:{o.port}".encode() if ":" not in o.host else f"[{o.host}]:{o.port}".encode()
+        target = authority(o.host, o.port).encode()
         transport.write(b"CONNECT " + target + b" HTTP/1.1\r\nHost: " + target + b"\r\n" + auth + b"\r\n")
         try:
             head = await handshake.head
@@ -142,6 +157,13 @@ class OriginPool:
             proto.connection_made(transport)
             transport.resume_reading()
         return proto
+
+    def _done(self, conn: UpstreamConnection, reusable: bool) -> None:
+        """The connection's callback (httpcore: the pool's stream hands it back)."""
+        if reusable:
+            self.release(conn)
+        else:
+            self.discard(conn)
 
     def release(self, conn: UpstreamConnection) -> None:
         """Back to the pool after a clean exchange."""

@@ -1,0 +1,255 @@
+"""The attempt chain of one request: the body upload and the provider/key attempts.
+
+SPEC 5.3: try each provider/key pair the router yields, in order, until one
+answers with a head worth relaying; a retryable answer is kept (to return as it
+was if nothing better comes) and the chain moves on. What an answer means for the
+key and the breaker is ``routing.policy``'s call; this module only drives sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from time import perf_counter
+from typing import TYPE_CHECKING, NamedTuple
+
+import h11
+
+from rawgw.errors import GatewayError
+from rawgw.http.h11compat import trusted_request
+from rawgw.http.headers import REQUEST_DROP, filter_headers, get_header, plain_headers
+from rawgw.observe.record import FailedAttempt
+from rawgw.routing import policy
+from rawgw.routing.upstream_auth import auth_headers
+from rawgw.upstream.connection import UpstreamConnection, UpstreamError
+from rawgw.upstream.fetch import BodyCollector
+
+if TYPE_CHECKING:
+    from rawgw.config import Provider
+    from rawgw.relay.context import RelayConfig, RelayHooks
+    from rawgw.request import Incoming
+    from rawgw.routing.router import Plan
+    from rawgw.server.connection import ClientConnection
+
+Header = tuple[bytes, bytes]
+
+# A failed-over answer is kept (to return if nothing better comes) up to this size.
+MAX_SAVED_ERROR_BYTES = 256 * 1024
+ERROR_BODY_WAIT_S = 5.0
+
+
+class Accepted(NamedTuple):
+    """A head to relay: the body follows on ``conn``."""
+
+    head: h11.Response
+    conn: UpstreamConnection
+    provider: Provider
+
+
+class Saved(NamedTuple):
+    """Every later attempt failed to answer: this earlier answer goes back as it was."""
+
+    head: h11.Response
+    body: bytes
+    provider: Provider
+
+
+class AttemptChain:
+    """Upload of the client's body and the attempts that carry it upstream."""
+
+    __slots__ = (
+        "attempts",
+        "body_done",
+        "body_parts",
+        "body_size",
+        "body_waiter",
+        "cfg",
+        "client",
+        "conn",
+        "connect_s",
+        "hooks",
+        "inc",
+        "t_head",
+        "t_sent",
+        "upload",
+        "upstream_model",
+    )
+
+    def __init__(self, cfg: RelayConfig, hooks: RelayHooks, client: ClientConnection, inc: Incoming) -> None:
+        self.cfg = cfg
+        self.hooks = hooks
+        self.client = client
+        self.inc = inc
+        self.body_parts: list[bytes] = []
+        self.body_size = 0
+        self.body_done = False
+        self.body_waiter: asyncio.Future[None] | None = None
+        self.upload: UpstreamConnection | None = None  # request body streaming into it
+        self.conn: UpstreamConnection | None = None  # the attempt in progress
+        self.attempts = 0
+        self.t_sent = 0.0
+        self.t_head = 0.0
+        self.connect_s = 0.0
+        self.upstream_model: str | None = None
+
+    # ---- the client's body -----------------------------------------------
+
+    def on_body(self, data: bytes) -> None:
+        self.body_parts.append(data)
+        self.body_size += len(data)
+        if self.upload is not None:
+            self.upload.send_body(data)
+
+    def on_body_end(self) -> None:
+        self.body_done = True
+        if self.upload is not None:
+            self.upload.send_body_end()
+            self.upload = None
+        waiter = self.body_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait_body(self) -> bytes:
+        if not self.body_done:
+            self.body_waiter = asyncio.get_running_loop().create_future()
+            try:
+                # the request deadline covers a body that stops arriving, too
+                await asyncio.wait_for(self.body_waiter, max(0.0, self.inc.deadline - perf_counter()))
+            except TimeoutError:
+                raise GatewayError(408, "request body not received in time", close=True, kind="timeout") from None
+        parts = self.body_parts
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def detach(self) -> None:
+        """Give up on the attempt in progress: close its connection, never pool it."""
+        conn = self.conn
+        self.conn = self.upload = None
+        if conn is not None:
+            conn.detach()
+
+    # ---- the chain ------------------------------------------------------------
+
+    async def run(self, plan: Plan, buffered: bool) -> Accepted | Saved:
+        """The first acceptable head, or the last answer kept; raises GatewayError."""
+        cfg = self.cfg
+        router = cfg.router
+        deadline = self.inc.deadline
+        last_error: UpstreamError | None = None
+        last_response: Saved | None = None
+        attempts = router.attempts(plan)
+        pair = next(attempts, None)
+        while pair is not None:
+            provider, pool, key = pair
+            self.attempts += 1
+            remaining = deadline - perf_counter()
+            if remaining <= 0:
+                raise deadline_error()
+            link = cfg.links[provider.name]
+            t_pick = perf_counter()
+            try:
+                conn = await link.pool.acquire(min(provider.connect_timeout_s, remaining))
+            except UpstreamError as err:
+                pool.on_failure(None, time.time())
+                last_error = err
+                self._failed(provider, err)
+                pair = next(attempts, None)
+                continue
+            self.connect_s = perf_counter() - t_pick
+            self.conn = conn
+            if buffered:
+                self.upstream_model = router.model_for(plan, provider)
+            self.t_sent = perf_counter()
+            wait = max(0.0, min(provider.first_byte_timeout_s, deadline - self.t_sent))
+            head_future = self._send(conn, provider, key, wait, router.body_for(plan, provider) if buffered else None)
+            try:
+                head = await head_future
+            except (TimeoutError, UpstreamError) as exc:
+                self.detach()
+                pool.on_failure(key, time.time())
+                if isinstance(exc, UpstreamError):
+                    last_error = exc
+                else:
+                    if perf_counter() >= deadline:
+                        raise deadline_error() from None
+                    last_error = UpstreamError("timeout", f"upstream '{provider.name}' sent no response head within {wait:g} s")
+                self._failed(provider, last_error)
+                pair = next(attempts, None)
+                continue
+            self.t_head = perf_counter()
+            status = head.status_code
+            policy.account(pool, key, status, plain_headers(head.headers), time.time())
+            if policy.moves_on(status):
+                following = next(attempts, None)
+                if following is not None:
+                    self._failed(provider, UpstreamError("status", f"upstream '{provider.name}' answered {status}"), status)
+                    # Keep this answer: if every later attempt fails to answer at
+                    # all, the client gets it as it was (SPEC 5.3).
+                    saved = await self._read_error_body(conn)
+                    self.conn = self.upload = None
+                    if saved is not None:
+                        last_response = Saved(head, saved, provider)
+                    pair = following
+                    continue
+            self.conn = None  # the exchange owns it from here
+            return Accepted(head, conn, provider)
+        if last_response is not None:
+            return last_response
+        if last_error is None:
+            raise GatewayError(502, "no upstream attempt could be made")
+        if last_error.kind == "timeout":
+            raise GatewayError(504, last_error.message, kind="timeout")
+        raise GatewayError(502, last_error.message)
+
+    def _failed(self, provider: Provider, err: UpstreamError, status: int | None = None) -> None:
+        self.hooks.failed_attempt(FailedAttempt(self.inc.request_id.decode(), provider.name, self.attempts, err.kind, err.message, status))
+
+    async def _read_error_body(self, conn: UpstreamConnection) -> bytes | None:
+        """The (small) body of a response we fail over from; None when too big or slow."""
+        collector = BodyCollector(MAX_SAVED_ERROR_BYTES)
+        conn.stream_to(collector)
+        try:
+            return await asyncio.wait_for(collector.done, max(0.0, min(ERROR_BODY_WAIT_S, self.inc.deadline - perf_counter())))
+        except (TimeoutError, UpstreamError):
+            conn.detach()
+            return None
+
+    def _send(
+        self, conn: UpstreamConnection, provider: Provider, key: str, head_timeout: float, plan_body: bytes | None
+    ) -> asyncio.Future[h11.Response]:
+        """Build the upstream request (SPEC 5.4) and send it; a known body goes in one write."""
+        inc = self.inc
+        link = self.cfg.links[provider.name]
+        client_headers = inc.headers
+        headers = filter_headers(client_headers, REQUEST_DROP)
+        headers.append((b"host", link.authority))
+        headers += auth_headers(provider.type, key, get_header(client_headers, b"anthropic-version") is not None)
+        headers.extend(link.headers)
+        headers.append((b"x-request-id", inc.request_id))
+        target = self.cfg.router.upstream_path(inc.endpoint, provider)
+        method = inc.method
+        if plan_body is not None:
+            headers.append((b"content-length", str(len(plan_body)).encode()))
+            return conn.start(trusted_request(method, target, headers), plan_body, provider.read_timeout_s, head_timeout)
+        # Streamed body: same framing as the client used.
+        cl = get_header(client_headers, b"content-length")
+        chunked = get_header(client_headers, b"transfer-encoding") is not None
+        if cl is not None:
+            headers.append((b"content-length", cl))
+        elif chunked:
+            headers.append((b"transfer-encoding", b"chunked"))
+        upstream_request = trusted_request(method, target, headers)
+        if cl is None and not chunked:
+            return conn.start(upstream_request, b"", provider.read_timeout_s, head_timeout)
+        if self.body_done:
+            return conn.start(upstream_request, b"".join(self.body_parts), provider.read_timeout_s, head_timeout)
+        fut = conn.start(upstream_request, None, provider.read_timeout_s, head_timeout)
+        for part in self.body_parts:
+            conn.send_body(part)
+        self.upload = conn
+        conn.flow = self.client.flow  # the upstream's write buffer paces reading the client
+        self.client.send_continue()
+        return fut
+
+
+def deadline_error() -> GatewayError:
+    return GatewayError(504, "request timed out before any upstream answered", kind="timeout")
