@@ -394,3 +394,82 @@ async def test_device_flow_issues_a_personal_key(start_gateway: StartGateway, mo
     everything = log + gw.stderr_text() + gw.stdout_text() + "".join(p.read_text() for p in gw.logs_dir.glob("*.jsonl"))
     assert secret not in everything and CLIENT_SECRET not in everything
     assert not any(t.startswith("gho_") and t in everything for t in github.tokens)
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+async def test_sessions_counted_echoed_and_private(start_gateway: StartGateway, mock_upstream: MockUpstream) -> None:
+    mock_upstream.default = Json(body=completion(model="m", prompt=3, completion_tokens=4))
+    other = "gw-other-key-55aa66bb77cc"
+    cfg = admin_config(mock_upstream)
+    cfg["keys"].append({"key": other, "name": "other"})
+    gw = await start_gateway(cfg)
+    sid = [("X-Session-ID", "chat-42/é".encode().decode("latin-1"))]  # not visible ASCII: ignored
+    r = await call(gw.port, chat("m"), headers=sid)
+    assert r.status == 200 and r.header("x-session-id") is None
+    upstream_body = r.body  # as the mock sent it
+    r = await call(gw.port, chat("m"), headers=[("X-Session-ID", "x" * 129)])
+    assert r.header("x-session-id") is None
+    for _ in range(2):
+        r = await call(gw.port, chat("m"), headers=[("X-Session-ID", "chat-42")])
+        assert r.status == 200 and r.header("x-session-id") == "chat-42"
+        assert r.body == upstream_body  # the id is never injected into the body
+    r = await api(gw.port, "GET", "/session/status", key=GW_KEY)
+    assert r.status == 200, r.body
+    (s,) = r.json()["sessions"]
+    assert (s["id"], s["key_name"], s["requests"], s["prompt_tokens"], s["completion_tokens"]) == ("chat-42", "tester", 2, 6, 8), s
+    assert s["models"] == ["m"] and s["first_seen"] <= s["last_seen"]
+    r = await api(gw.port, "GET", "/session/chat-42", key=GW_KEY)
+    assert r.status == 200 and r.json()["requests"] == 2
+    # another key neither sees nor confirms it; an admin sees it
+    r = await api(gw.port, "GET", "/session/status", key=other)
+    assert r.json() == {"sessions": []}
+    r = await api(gw.port, "GET", "/session/chat-42", key=other)
+    assert r.status == 404, r.body
+    r = await api(gw.port, "DELETE", "/session/chat-42", key=other)
+    assert r.status == 404, r.body
+    r = await api(gw.port, "GET", "/session/chat-42", key=ADMIN_KEY)
+    assert r.status == 200, r.body
+    r = await api(gw.port, "GET", "/session/status", key=None)
+    assert r.status == 401, r.body
+    r = await api(gw.port, "DELETE", "/session/chat-42", key=GW_KEY)
+    assert r.status == 200, r.body
+    r = await api(gw.port, "GET", "/session/chat-42", key=GW_KEY)
+    assert r.status == 404, r.body
+
+
+async def test_session_ttl_and_bound(start_gateway: StartGateway, mock_upstream: MockUpstream) -> None:
+    mock_upstream.default = Json(body=completion())
+    gw = await start_gateway(admin_config(mock_upstream, {"server": {"max_sessions": 2}}))
+    for sid in ("a", "b", "c"):
+        r = await call(gw.port, chat("m"), headers=[("X-Session-ID", sid)])
+        assert r.status == 200
+    r = await api(gw.port, "GET", "/session/status", key=GW_KEY)
+    assert sorted(s["id"] for s in r.json()["sessions"]) == ["b", "c"], r.body  # least recently seen dropped
+
+
+# --------------------------------------------------------------------------- workers
+
+
+async def test_admin_change_reaches_every_worker(mock_upstream: MockUpstream, tmp_path: Path) -> None:
+    """With --workers 2 the worker that took the change signals the supervisor, which sends
+    SIGHUP to every worker: a revoked key then fails on whichever worker answers."""
+    mock_upstream.default = Json(body=completion())
+    gw = await ProcGateway.start(tmp_path / "gw", admin_config(mock_upstream), args=("--workers", "2"))
+    try:
+        r = await api(gw.port, "POST", "/admin/keys", {"name": "temp"})
+        assert r.status == 201, r.body
+        secret = r.json()["secret"]
+        await wait_until(lambda: gw.stderr_text().count("config reloaded") >= 2, what="both workers reloaded")
+        for _ in range(8):  # new connections spread over both workers (SO_REUSEPORT)
+            r = await call(gw.port, chat("m"), key=secret)
+            assert r.status == 200, r.body
+        r = await api(gw.port, "DELETE", "/admin/keys/temp")
+        assert r.status == 200, r.body
+        await wait_until(lambda: gw.stderr_text().count("config reloaded") >= 4, what="both workers reloaded again")
+        for _ in range(8):
+            r = await call(gw.port, chat("m"), key=secret)
+            assert r.status == 401, r.body
+    finally:
+        await gw.close()
