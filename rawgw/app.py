@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Coroutine
 from time import perf_counter
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import h11
@@ -242,7 +242,7 @@ class Gateway:
 
         task.add_done_callback(done)
 
-    def _local_async(self, client: ClientConnection, inc: Incoming, answer: Callable[[Incoming, bytes], Awaitable[Reply]]) -> None:
+    def _local_async(self, client: ClientConnection, inc: Incoming, answer: Callable[[Incoming, bytes], Coroutine[Any, Any, Reply]]) -> None:
         """A local answer that needs the whole (bounded) request body, computed off the head."""
         sink = client.sink = _Collect()
         client.send_continue()

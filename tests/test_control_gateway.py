@@ -7,7 +7,6 @@ Every test runs ``python -m rawgw serve`` as a subprocess and talks HTTP over lo
 
 from __future__ import annotations
 
-import json
 import signal
 from pathlib import Path
 from typing import Any
