@@ -131,7 +131,7 @@ class Gateway:
                 presented = presented_key(hdrs)
                 inc.key = authenticate(self.keys, self.encoded_keys, presented)
                 # a signed-in user may read the dashboard's numbers; /v1/... never takes a cookie
-                if inc.key is None and not (presented is None and self.control.cookie_session(inc) is not None):
+                if inc.key is None and not (presented is None and self.control.lets_in(inc)):
                     msg = "missing gateway key: send Authorization: Bearer <key> or x-api-key" if presented is None else "invalid gateway key"
                     # RFC 9110 §15.5.2: a 401 MUST carry a challenge
                     raise GatewayError(401, msg, headers=[WWW_AUTHENTICATE])

@@ -223,3 +223,31 @@ async def test_admin_page_sign_in_add_route_and_see_usage(
     target.write_bytes(png)
     log = (gw.logs_dir / "admin.jsonl").read_text()
     assert '"route.create"' in log.replace(" ", "") and "github:octocat" in log
+
+
+async def test_dashboard_offers_github_sign_in(start_gateway: StartGateway, mock_upstream: MockUpstream, tmp_path: Path) -> None:
+    """With [auth.github] the dashboard (not public) still serves its page, shows "Sign in
+    with GitHub" instead of only the key field, and after the sign-in reads metrics.json
+    with the session cookie."""
+    binary = find_chromium()
+    gh = await MockGithub.start()
+    try:
+        gh.login = "alice"  # allowed to sign in; not an admin: the dashboard is enough
+        gw = await start_gateway(admin_config(mock_upstream, github_extra(gh)), env=GH_ENV)
+        r = await call(gw.port, path="/metrics.json", method="GET", key=None)
+        assert r.status == 401  # still closed without a key or a sign-in
+        b = await asyncio.to_thread(Browser, binary, tmp_path / "profile")
+
+        def scenario() -> None:
+            b.navigate(f"{gw.url}/dashboard")
+            b.wait("document.getElementById('signin-github').className.includes('show')", "the GitHub sign-in link")
+            assert b.js(text_of("conn-status")) == "needs key"
+            b.js("document.getElementById('signin-github').click()")
+            b.wait(f"location.pathname === '/dashboard' && {text_of('conn-status')} === 'live'", "live numbers after sign-in")
+
+        try:
+            await asyncio.to_thread(scenario)
+        finally:
+            await asyncio.to_thread(b.close)
+    finally:
+        await gh.close()

@@ -238,6 +238,9 @@ async def test_github_web_flow_cookie_rules_and_csrf(start_gateway: StartGateway
     assert r.status == 401, r.body
     r = await call(gw.port, path="/v1/models", method="GET", key=None, headers=hdr)
     assert r.status == 401, r.body
+    r = await call(gw.port, chat("m"), path="/mock/v1/chat/completions", key=None, headers=hdr)
+    assert r.status == 401, r.body  # nor for a provider's own path
+    assert len(mock_upstream.requests) == 0
     # writes with the cookie: no Origin and no token -> 403; a foreign Origin -> 403
     route = {"match": "web", "providers": ["mock"]}
     r = await api(gw.port, "POST", "/admin/routes", route, key=None, headers=hdr)

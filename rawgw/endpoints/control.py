@@ -193,6 +193,14 @@ class ControlPlane:
             return None
         return Principal("github", s.login, s.login.lower() in {a.lower() for a in gh.admins})
 
+    def lets_in(self, inc: Incoming) -> bool:
+        """A local path without a key: a signed-in user (``/metrics.json``, ``/dashboard``), or
+        the dashboard page itself when sign-in is configured (it holds no data; it shows
+        the sign-in screen)."""
+        if inc.endpoint.path == "/dashboard" and self.host.config.auth.github is not None:
+            return True
+        return self.cookie_session(inc) is not None
+
     def principal(self, inc: Incoming) -> Principal | None:
         presented = presented_key(inc.headers)
         if presented is not None:
