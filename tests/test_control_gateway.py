@@ -475,3 +475,15 @@ async def test_admin_change_reaches_every_worker(mock_upstream: MockUpstream, tm
             assert r.status == 401, r.body
     finally:
         await gw.close()
+
+
+async def test_cookies_are_secure_behind_https(start_gateway: StartGateway, mock_upstream: MockUpstream, github: MockGithub) -> None:
+    """TLS terminated in front (redirect_url is https): every cookie the gateway sets is Secure."""
+    extra = github_extra(github, redirect_url="https://gw.example.com/auth/github/callback")
+    gw = await start_gateway(admin_config(mock_upstream, extra), env=GH_ENV)
+    r = await call(gw.port, path="/auth/github/login", method="GET", key=None)
+    assert r.status == 302
+    assert "redirect_uri=https%3A%2F%2Fgw.example.com%2Fauth%2Fgithub%2Fcallback" in (r.header("location") or "")
+    assert (r.header("set-cookie") or "").endswith("; Secure"), r.headers
+    r = await call(gw.port, b"", path="/auth/logout", method="POST", key=None)
+    assert (r.header("set-cookie") or "").endswith("; Secure"), r.headers
