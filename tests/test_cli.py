@@ -180,10 +180,14 @@ def test_check_and_import_into_a_closed_pipe_end_quietly(tmp_path: Path) -> None
 
 
 def test_check_piped_into_head(tmp_path: Path) -> None:
-    cfg = _serve_config(tmp_path)
+    # a report larger than a pipe's buffer: check is still writing when head exits
+    cfg = tmp_path / "big.toml"
+    cfg.write_text(
+        "".join(f'[providers.p{i}]\ntype = "openai"\nbase_url = "http://127.0.0.1:9/v1"\nkeys = ["env:K"]\nmodels = ["model-{i}-*"]\n' for i in range(800))
+    )
     r = subprocess.run(
         ["bash", "-c", f'"{sys.executable}" -m rawgw check -c "{cfg}" | head -1; echo "status ${{PIPESTATUS[0]}}"'],
-        cwd=tmp_path, capture_output=True, text=True, timeout=30, env=_env(PYTHONUNBUFFERED="1"),
+        cwd=tmp_path, capture_output=True, text=True, timeout=30, env=_env(PYTHONUNBUFFERED="1", K="key-0123456789abcdef"),
     )  # fmt: skip
     assert r.stdout.splitlines()[0] == f"{cfg}: valid", r.stdout
     assert r.stdout.splitlines()[-1] in ("status 0", "status 141"), r.stdout
