@@ -331,6 +331,7 @@ _GITHUB_FIELDS: Final = (
 _KEY_DEFAULT_FIELDS: Final = ("providers", "models", "rate_limit_rpm", "rate_limit_burst")
 
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_LIST_SEPARATORS: Final = re.compile(r"[,\s]+")
 _PROVIDER_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # RFC 9110 §5.6.2: a field name is a token.
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -431,21 +432,50 @@ class _Parser:
         if isinstance(value, str):
             if not value.startswith(ENV_PREFIX):
                 return value
-            name = value[len(ENV_PREFIX) :]
-            if not _ENV_NAME.fullmatch(name):
-                self.error(path, "invalid env: reference (expected env:NAME, NAME of letters, digits, _)")
-                return _UNRESOLVED
-            resolved = self.env.get(name)
-            if resolved is None:
-                self.error(path, f"environment variable {name} is not set")
-                return _UNRESOLVED
-            self.from_env.add(path)
+            resolved = self.env_value(value, path)
+            if resolved is not _UNRESOLVED:
+                self.from_env.add(path)
             return resolved
         if isinstance(value, dict):
             return {k: self.resolve(v, _join(path, k)) for k, v in value.items()}
         if isinstance(value, list):
-            return [self.resolve(v, f"{path}[{i}]") for i, v in enumerate(value)]
+            return self.resolve_list(value, path)
         return value
+
+    def env_value(self, ref: str, path: str) -> str | _Unresolved:
+        name = ref[len(ENV_PREFIX) :]
+        if not _ENV_NAME.fullmatch(name):
+            self.error(path, "invalid env: reference (expected env:NAME, NAME of letters, digits, _)")
+            return _UNRESOLVED
+        resolved = self.env.get(name)
+        if resolved is None:
+            self.error(path, f"environment variable {name} is not set")
+            return _UNRESOLVED
+        return resolved
+
+    def resolve_list(self, items: list[Any], path: str) -> list[Any]:
+        """An ``env:NAME`` entry of a list becomes as many entries as NAME holds, split on
+        commas and whitespace (``OPENROUTER_KEYS=k1,k2`` as the key-rotating proxy took
+        it): one variable never turns silently into one wrong value ``k1,k2``. Scalars
+        never split. Errors name the entry as written; later checks, the expanded list."""
+        out: list[Any] = []
+        for i, item in enumerate(items):
+            if not (isinstance(item, str) and item.startswith(ENV_PREFIX)):
+                out.append(self.resolve(item, f"{path}[{i}]"))
+                continue
+            resolved = self.env_value(item, f"{path}[{i}]")
+            if isinstance(resolved, _Unresolved):
+                out.append(resolved)
+                continue
+            parts = [p for p in _LIST_SEPARATORS.split(resolved) if p]
+            if not parts:
+                self.error(f"{path}[{i}]", f"environment variable {item[len(ENV_PREFIX) :]} is empty")
+                out.append(_UNRESOLVED)
+                continue
+            for part in parts:
+                self.from_env.add(f"{path}[{len(out)}]")
+                out.append(part)
+        return out
 
     def table(self, parent: Mapping[str, Any], name: str, path: str, known: tuple[str, ...]) -> _Table:
         raw = parent.get(name, _ABSENT)

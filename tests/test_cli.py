@@ -13,6 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import StartGateway, base_config
+from mock_upstream import MockUpstream
+from ops_helpers import call, chat_body
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -192,3 +195,17 @@ def test_check_piped_into_head(tmp_path: Path) -> None:
     assert r.stdout.splitlines()[0] == f"{cfg}: valid", r.stdout
     assert r.stdout.splitlines()[-1] in ("status 0", "status 141"), r.stdout
     assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr
+
+
+# --------------------------------------------------------------------------- issue 10.6
+
+
+async def test_serve_splits_an_env_list_into_a_key_pool(start_gateway: StartGateway, mock_upstream: MockUpstream) -> None:
+    """keys = ["env:OPENROUTER_KEYS"] with OPENROUTER_KEYS="k1,k2 k3": three keys rotated."""
+    pool = ["sk-pool-split-aaaa0001", "sk-pool-split-bbbb0002", "sk-pool-split-cccc0003"]
+    cfg = base_config(mock_upstream, provider={"keys": ["env:OPENROUTER_KEYS"], "key_strategy": "round-robin"})
+    gw = await start_gateway(cfg, env={"OPENROUTER_KEYS": f"{pool[0]},{pool[1]} {pool[2]}"})
+    for _ in range(3):
+        assert (await call(gw.port, chat_body())).status == 200
+    sent = [(q.header("authorization") or b"").decode().removeprefix("Bearer ") for q in mock_upstream.requests]
+    assert sorted(sent) == sorted(pool), sent
