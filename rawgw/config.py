@@ -12,6 +12,7 @@ warnings name the field and, at most, the masked key (:func:`mask_key`).
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import os
 import re
@@ -45,6 +46,7 @@ __all__ = [
     "find_config_path",
     "load_config",
     "mask_key",
+    "mask_keys",
     "parse_config",
     "read_toml",
 ]
@@ -251,6 +253,16 @@ def mask_key(key: str) -> str:
     return f"{prefix}…{key[-4:]}"
 
 
+def mask_keys(keys: Iterable[str]) -> list[str]:
+    """:func:`mask_key` of each key of a pool, told apart by their index where two masks
+    would look the same (``keys[0] sk-or-…-key``, ``keys[1] sk-or-…-key``)."""
+    masks = [mask_key(k) for k in keys]
+    seen: dict[str, int] = {}
+    for m in masks:
+        seen[m] = seen.get(m, 0) + 1
+    return [f"keys[{i}] {m}" if seen[m] > 1 else m for i, m in enumerate(masks)]
+
+
 def find_config_path(cli_path: str | None) -> str | None:
     """``-c`` wins, then ``$RAWGW_CONFIG``, then ``./gateway.toml`` if it exists.
 
@@ -291,9 +303,33 @@ def read_toml(path: str) -> dict[str, Any]:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
+        other = _other_format(path, text)
+        if other:
+            raise ConfigError([f"{path}: {other}, not TOML; convert it with `rawgw import {path}`"]) from None
         # tomllib's messages carry a position, never the offending value.
         raise ConfigError([f"{path}: TOML syntax error: {exc}"]) from None
     return data
+
+
+_YAML_LINE: Final = re.compile(r"(---|[A-Za-z_][\w.-]*:(\s|$)|- )")
+_ENV_LINE: Final = re.compile(r"(export\s+)?[A-Z_][A-Z0-9_]*=")  # .env names are upper case; ours are not
+
+
+def _other_format(path: str, text: str) -> str:
+    """What a file that is not TOML looks like, when it is one `rawgw import` reads
+    (the other gateways' JSON, YAML and .env files); "" when it looks like broken TOML."""
+    try:
+        json.loads(text)
+        return "a JSON file"
+    except ValueError:
+        pass
+    name = os.path.basename(path).lower()
+    first = next((line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")), "")
+    if name.endswith((".yaml", ".yml")) or _YAML_LINE.match(first):
+        return "a YAML file"
+    if name.endswith(".env") or name.startswith(".env") or _ENV_LINE.match(first):
+        return "a .env file"
+    return ""
 
 
 def parse_config(data: dict[str, Any], env: Mapping[str, str] | None = None, path: str | None = None) -> Config:

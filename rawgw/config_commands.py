@@ -31,6 +31,7 @@ from rawgw.config import (
     ConfigError,
     find_config_path,
     mask_key,
+    mask_keys,
     parse_config,
 )
 from rawgw.configfile import load_config
@@ -80,7 +81,7 @@ def summarize(config: Config) -> list[str]:
     lines.append(f"providers ({len(config.providers)}):")
     for p in config.providers.values():
         lines.append(f"  {p.name}: type {p.type}, {p.base_url}, priority {p.priority}, key_strategy {p.key_strategy}")
-        lines.append(f"    keys ({len(p.keys)}): " + ", ".join(mask_key(k) for k in p.keys))
+        lines.append(f"    keys ({len(p.keys)}): " + ", ".join(mask_keys(p.keys)))
         lines.append("    models: " + _list(p.models, "none"))
         if p.proxy:
             lines.append("    proxy: configured")

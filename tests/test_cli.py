@@ -209,3 +209,35 @@ async def test_serve_splits_an_env_list_into_a_key_pool(start_gateway: StartGate
         assert (await call(gw.port, chat_body())).status == 200
     sent = [(q.header("authorization") or b"").decode().removeprefix("Bearer ") for q in mock_upstream.requests]
     assert sorted(sent) == sorted(pool), sent
+
+
+# --------------------------------------------------------------------------- issue 10.8
+
+
+def test_check_of_a_json_file_points_at_import(tmp_path: Path) -> None:
+    path = tmp_path / "llm_router_config.json"
+    path.write_text('{"providers": [{"name": "openrouter", "priority": 1}]}')
+    r = run(["check", "-c", str(path)], tmp_path)
+    assert r.returncode == 1
+    assert f"convert it with `rawgw import {path}`" in r.stdout and "TOML syntax error" not in r.stdout, r.stdout
+
+
+SAME_END = ["sk-or-v1-first-one-key", "sk-or-v1-second-two-key"]
+
+
+def test_check_tells_same_looking_keys_apart(tmp_path: Path) -> None:
+    cfg = tmp_path / "gateway.toml"
+    cfg.write_text('[providers.openrouter]\nkeys = ["env:OPENROUTER_KEYS"]\n')
+    r = run(["check", "-c", str(cfg)], tmp_path, env={"OPENROUTER_KEYS": ",".join(SAME_END)})
+    assert r.returncode == 0, r.stdout
+    assert "keys (2): keys[0] sk-or-…-key, keys[1] sk-or-…-key" in r.stdout, r.stdout
+    assert not any(k in r.stdout for k in SAME_END)
+
+
+async def test_health_providers_tells_same_looking_keys_apart(start_gateway: StartGateway, mock_upstream: MockUpstream) -> None:
+    gw = await start_gateway(base_config(mock_upstream, provider={"keys": ["env:OPENROUTER_KEYS"]}), env={"OPENROUTER_KEYS": ",".join(SAME_END)})
+    r = await call(gw.port, b"", path="/health/providers", method="GET")
+    assert r.status == 200
+    keys = r.json()["providers"]["mock"]["keys"]
+    assert [(k["index"], k["key"]) for k in keys] == [(0, "keys[0] sk-or-…-key"), (1, "keys[1] sk-or-…-key")], keys
+    assert not any(k in r.body.decode() for k in SAME_END)

@@ -25,6 +25,7 @@ from rawgw.config import (
     find_config_path,
     load_config,
     mask_key,
+    mask_keys,
     parse_config,
 )
 
@@ -759,3 +760,40 @@ def test_example_file_shows_every_option() -> None:
     for line in EXAMPLE.read_text().splitlines():
         if "=" in line and not line.lstrip().startswith("#"):
             assert "#" in line, line
+
+
+# --------------------------------------------------------------------------- issue 10.8
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "what"),
+    [
+        ("llm_router_config.json", '{"providers": [{"name": "or", "priority": 1}]}', "a JSON file"),
+        ("mapping.toml", '[{"model": "gpt-4", "provider": ["DeepInfra"]}]', "a JSON file"),
+        ("litellm.yaml", "model_list:\n  - model_name: gpt-4\n", "a YAML file"),
+        ("config", "# comment\nmodel_list:\n  - model_name: gpt-4\n", "a YAML file"),
+        ("proxy.env", "OPENROUTER_KEYS=sk-or-v1-aaaa,sk-or-v1-bbbb\n", "a .env file"),
+    ],
+)
+def test_a_file_of_another_format_points_at_import(tmp_path: Path, name: str, text: str, what: str) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path), ENV)
+    assert info.value.errors == [f"{path}: {what}, not TOML; convert it with `rawgw import {path}`"]
+
+
+def test_broken_toml_is_still_a_toml_error(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text('[server\nport = 8080\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path), ENV)
+    (line,) = info.value.errors
+    assert line.startswith(f"{path}: TOML syntax error: ") and "rawgw import" not in line
+
+
+def test_mask_keys_tells_same_looking_keys_apart() -> None:
+    a, b, c = "sk-or-v1-first-one-key", "sk-or-v1-second-two-key", "sk-or-v1-other-a1b2"
+    assert mask_key(a) == mask_key(b)
+    assert mask_keys([a, b, c]) == ["keys[0] sk-or-…-key", "keys[1] sk-or-…-key", "sk-or-…a1b2"]
+    assert mask_keys([c, OR_KEY_1]) == [mask_key(c), mask_key(OR_KEY_1)]
