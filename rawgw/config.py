@@ -151,6 +151,11 @@ class LoggingConfig:
     chat: bool = False
     chat_file_limit: int = 15
     errors: bool = True
+    # access.jsonl / errors.jsonl (and admin.jsonl) are rotated before a write would take
+    # them past max_bytes (0: never; external logrotate + SIGHUP instead), keeping
+    # `backups` older files NAME.1 (newest) … NAME.<backups>.
+    max_bytes: int = 104_857_600
+    backups: int = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,7 +361,7 @@ _PROVIDER_FIELDS: Final = (
     "max_connections", "proxy", "headers",
 )  # fmt: skip
 _ROUTE_FIELDS: Final = ("match", "model", "providers", "provider_order", "force_provider_order", "provider_models")
-_LOGGING_FIELDS: Final = ("dir", "access", "chat", "chat_file_limit", "errors")
+_LOGGING_FIELDS: Final = ("dir", "access", "chat", "chat_file_limit", "errors", "max_bytes", "backups")
 _CACHE_FIELDS: Final = ("enabled", "ttl_s", "max_entries")
 _STATE_FIELDS: Final = ("url", "prefix", "timeout_ms")
 _METRICS_FIELDS: Final = ("enabled",)
@@ -905,6 +910,8 @@ class _Parser:
             chat=t.get_bool("chat", d.chat),
             chat_file_limit=t.get_int("chat_file_limit", d.chat_file_limit, lo=1),
             errors=t.get_bool("errors", d.errors),
+            max_bytes=t.get_int("max_bytes", d.max_bytes, lo=0),
+            backups=t.get_int("backups", d.backups, lo=0),
         )
 
     def state(self, t: _Table) -> StateConfig:

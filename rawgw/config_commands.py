@@ -104,7 +104,8 @@ def summarize(config: Config) -> list[str]:
     log = config.logging
     lines.append(
         f"logging: dir {log.dir}, access {_onoff(log.access)}, chat {_onoff(log.chat)} "
-        f"(keep {log.chat_file_limit}), errors {_onoff(log.errors)}"
+        f"(keep {log.chat_file_limit}), errors {_onoff(log.errors)}, "
+        + (f"rotated at {log.max_bytes} bytes (keep {log.backups})" if log.max_bytes else "never rotated (max_bytes 0)")
     )
     cache = config.cache
     lines.append(f"cache: {_onoff(cache.enabled)}" + (f" (ttl {cache.ttl_s:g} s, {cache.max_entries} entries)" if cache.enabled else ""))

@@ -241,3 +241,13 @@ async def test_health_providers_tells_same_looking_keys_apart(start_gateway: Sta
     keys = r.json()["providers"]["mock"]["keys"]
     assert [(k["index"], k["key"]) for k in keys] == [(0, "keys[0] sk-or-…-key"), (1, "keys[1] sk-or-…-key")], keys
     assert not any(k in r.body.decode() for k in SAME_END)
+
+
+def test_check_shows_log_rotation(tmp_path: Path) -> None:
+    cfg = tmp_path / "gateway.toml"
+    cfg.write_text('[providers.openrouter]\nkeys = ["env:K"]\n[logging]\nmax_bytes = 5000\nbackups = 3\n')
+    r = run(["check", "-c", str(cfg)], tmp_path, env={"K": "sk-or-v1-0123456789abcdef"})
+    assert r.returncode == 0, r.stdout
+    assert "rotated at 5000 bytes (keep 3)" in r.stdout, r.stdout
+    cfg.write_text('[providers.openrouter]\nkeys = ["env:K"]\n[logging]\nmax_bytes = 0\n')
+    assert "never rotated (max_bytes 0)" in run(["check", "-c", str(cfg)], tmp_path, env={"K": "sk-or-v1-0123456789abcdef"}).stdout
