@@ -322,7 +322,8 @@ def cmd_import(files: list[str], out: str | None) -> int:
     data = merge.to_toml_data()
     known = {name: e.value for name, e in merge.exports.items() if e.value is not None}
     try:
-        parse_config(data, env=_CheckEnv(known))
+        # stand-ins cannot have a vendor's key prefix: `rawgw check` checks the real keys
+        parse_config(data, env=_CheckEnv(known), key_formats=False)
     except ConfigError as exc:
         _err("rawgw import: the converted config would not load:")
         for line in exc.errors:
