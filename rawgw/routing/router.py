@@ -33,6 +33,10 @@ ROUTED: dict[str, bool] = {
     "messages/count_tokens": True,
 }
 
+# Anthropic's OpenAI-compatible API serves these OpenAI endpoints (at {base_url}/v1/REST):
+# anthropic providers are candidates there too, /v1/messages stays anthropic-only.
+ANTHROPIC_COMPAT = frozenset({"chat/completions"})
+
 LOCAL_PATHS = frozenset({"/", "/health", "/health/providers", "/metrics", "/metrics.json", "/dashboard"})
 
 
@@ -70,6 +74,12 @@ class Router:
         self.config = config
         self.providers = config.providers
         self.by_priority = sorted(config.providers.values(), key=lambda p: p.priority)
+        # What an anthropic provider serves on the OpenAI endpoints it can take: its
+        # models, except that "*" (the default) means claude-* there — it would
+        # otherwise catch every OpenAI model name too. A key pinning it uses its models.
+        self.compat_models: dict[str, tuple[str, ...]] = {
+            p.name: ("claude-*",) if p.models == ("*",) else p.models for p in config.providers.values() if p.type == "anthropic"
+        }
         # Key state carries over per (provider, key value): two providers sharing a key
         # value keep separate cooldowns across a reload, as before it.
         prior: dict[str, dict[str, KeyState]] = {}
@@ -139,7 +149,8 @@ class Router:
         validate_body(endpoint.rest, parsed)
         if key is not None and key.models and not any(fnmatchcase(model, g) for g in key.models):
             raise GatewayError(403, f"key '{key.name}' may not use model '{model}'", code="model_not_allowed")
-        route, upstream_model, candidates = self.candidates(model, endpoint.anthropic_only)
+        pinned = key.providers if key is not None else ()
+        route, upstream_model, candidates = self.candidates(model, endpoint.anthropic_only, endpoint.rest, pinned)
         if key is not None and key.providers:
             narrowed = [p for p in candidates if p.name in key.providers]
             if candidates and not narrowed:
@@ -158,9 +169,16 @@ class Router:
             stream=parsed.get("stream") is True,
         )
 
-    def candidates(self, model: str, anthropic_only: bool) -> tuple[Route | None, str, list[Provider]]:
+    def candidates(
+        self, model: str, anthropic_only: bool, rest: str = "chat/completions", pinned: tuple[str, ...] = ()
+    ) -> tuple[Route | None, str, list[Provider]]:
         """SPEC 5.2: the first route fitting ``model``, the upstream model, and the providers
-        that may serve it, before a virtual key narrows them (also what /v1/models lists)."""
+        that may serve it, before a virtual key narrows them (also what /v1/models lists).
+
+        On the OpenAI endpoints Anthropic's compatibility API serves (``ANTHROPIC_COMPAT``),
+        anthropic providers are candidates too: by ``compat_models``, or by their own
+        ``models`` when ``pinned`` (the key's providers) names them.
+        """
         route = next((r for r in self.config.routes if fnmatchcase(model, r.match)), None)
         upstream_model = route.model if route is not None and route.model else model
         if route is not None and route.providers:
@@ -169,11 +187,17 @@ class Router:
             if anthropic_only:
                 candidates = [p for p in candidates if p.type == "anthropic"]
         else:
-            candidates = [
-                p
-                for p in self.by_priority
-                if (p.type == "anthropic") == anthropic_only and any(fnmatchcase(upstream_model, g) for g in p.models)
-            ]
+            compat = not anthropic_only and rest in ANTHROPIC_COMPAT
+            candidates = []
+            for p in self.by_priority:
+                if (p.type == "anthropic") == anthropic_only:
+                    globs = p.models
+                elif compat and p.type == "anthropic":
+                    globs = p.models if p.name in pinned else self.compat_models[p.name]
+                else:
+                    continue
+                if any(fnmatchcase(upstream_model, g) for g in globs):
+                    candidates.append(p)
         return route, upstream_model, candidates
 
     def serves(self, provider: Provider, model: str) -> bool:
