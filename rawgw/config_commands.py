@@ -23,7 +23,6 @@ import orjson
 import tomli_w
 
 from rawgw.config import (
-    DEFAULT_BASE_URLS,
     ENV_PREFIX,
     PROVIDER_TYPES,
     RESERVED_PROVIDER_NAMES,
