@@ -165,7 +165,7 @@ def _init_header(provider: str) -> str:
 def _sections_toml(doc: dict[str, Any]) -> str:
     """TOML with every top-level entry a table: ``[[keys]]`` rather than tomli_w's inline
     ``keys = [...]``, which a user's ``[server]`` added above it would turn into server.keys."""
-    parts = []
+    parts: list[str] = []
     for name, value in doc.items():
         if isinstance(value, list):
             parts.extend(f"[[{name}]]\n" + tomli_w.dumps(item) for item in value)
