@@ -137,29 +137,36 @@ class AttemptChain:
         last_error: UpstreamError | None = None
         last_response: Saved | None = None
         attempts = router.attempts(plan)
-        pair = next(attempts, None)
-        while pair is not None:
-            provider, pool, key = pair
+        step = next(attempts, None)
+        while step is not None:
+            provider, pool, key = step.provider, step.pool, step.key
+            if step.wait_s > 0:
+                # A same-provider retry's backoff (routing.policy decided it fits before
+                # the deadline). Asynchronous: a client that leaves cancels this task.
+                await asyncio.sleep(step.wait_s)
             self.attempts += 1
-            remaining = deadline - perf_counter()
+            t_start = perf_counter()
+            remaining = deadline - t_start
             if remaining <= 0:
                 raise deadline_error()
+            # timeout_s bounds this whole attempt, connect to response head
+            attempt_end = t_start + provider.timeout_s if provider.timeout_s else deadline
             link = cfg.links[provider.name]
-            t_pick = perf_counter()
             try:
-                conn = await link.pool.acquire(min(provider.connect_timeout_s, remaining))
+                conn = await link.pool.acquire(min(provider.connect_timeout_s, remaining, attempt_end - t_start))
             except UpstreamError as err:
                 pool.on_failure(None, time.time())
                 last_error = err
                 self._failed(provider, err)
-                pair = next(attempts, None)
+                attempts.report(policy.Outcome(None, None, deadline - perf_counter()))
+                step = next(attempts, None)
                 continue
-            self.connect_s = perf_counter() - t_pick
+            self.connect_s = perf_counter() - t_start
             self.conn = conn
             if buffered:
                 self.upstream_model = router.model_for(plan, provider)
             self.t_sent = perf_counter()
-            wait = max(0.0, min(provider.first_byte_timeout_s, deadline - self.t_sent))
+            wait = max(0.0, min(provider.first_byte_timeout_s, deadline - self.t_sent, attempt_end - self.t_sent))
             head_future = self._send(conn, provider, key, wait, router.body_for(plan, provider) if buffered else None)
             try:
                 head = await head_future
@@ -171,14 +178,22 @@ class AttemptChain:
                 else:
                     if perf_counter() >= deadline:
                         raise deadline_error() from None
-                    last_error = UpstreamError("timeout", f"upstream '{provider.name}' sent no response head within {wait:g} s")
+                    if perf_counter() >= attempt_end:
+                        message = f"upstream '{provider.name}' did not answer within its timeout_s of {provider.timeout_s:g} s"
+                    else:
+                        message = f"upstream '{provider.name}' sent no response head within {wait:g} s"
+                    last_error = UpstreamError("timeout", message)
                 self._failed(provider, last_error)
-                pair = next(attempts, None)
+                attempts.report(policy.Outcome(None, None, deadline - perf_counter()))
+                step = next(attempts, None)
                 continue
             self.t_head = perf_counter()
             status = head.status_code
-            policy.account(pool, key, status, plain_headers(head.headers), time.time())
+            now = time.time()
+            headers = plain_headers(head.headers)
+            policy.account(pool, key, status, headers, now)
             if policy.moves_on(status):
+                attempts.report(policy.Outcome(status, policy.retry_after(headers, now), deadline - self.t_head))
                 following = next(attempts, None)
                 if following is not None:
                     self._failed(provider, UpstreamError("status", f"upstream '{provider.name}' answered {status}"), status)
@@ -188,7 +203,7 @@ class AttemptChain:
                     self.conn = self.upload = None
                     if saved is not None:
                         last_response = Saved(head, saved, provider)
-                    pair = following
+                    step = following
                     continue
             self.conn = None  # the exchange owns it from here
             return Accepted(head, conn, provider)

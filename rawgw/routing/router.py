@@ -8,9 +8,10 @@ Data flow: ``classify`` (path → Endpoint) → ``plan`` (endpoint + key + body 
 from __future__ import annotations
 
 import json
+import random
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
@@ -18,8 +19,9 @@ from typing import Any
 import orjson
 
 from rawgw.config import Config, GatewayKey, Provider, Route
-from rawgw.errors import GatewayError, retry_after_header
+from rawgw.errors import GatewayError
 from rawgw.routing.keys import KeyPool, KeyState
+from rawgw.routing.policy import AttemptSequence
 from rawgw.routing.rewrite import RawJSON, member_span, rewrite_body
 from rawgw.routing.validate import validate_body
 
@@ -260,42 +262,17 @@ class Router:
 
     # ---- attempts -----------------------------------------------------------
 
-    def attempts(self, plan: Plan, clock: Callable[[], float] = time.time) -> Iterator[tuple[Provider, KeyPool, str]]:
-        """Provider/key pairs in failover order; each pair at most once per request.
+    def attempts(
+        self, plan: Plan, clock: Callable[[], float] = time.time, rand: Callable[[], float] = random.random
+    ) -> AttemptSequence:
+        """Provider/key attempts in failover order (SPEC 5.3, ``routing.policy``).
 
-        ``clock`` gives wall time (injectable for tests). Availability is checked lazily, so a 429 on one attempt makes later
-        attempts skip that key. When nothing at all is available because keys
-        are resting, raises 429 with the soonest return (never hammers a resting key).
+        ``clock`` gives wall time, ``rand`` the retry jitter (both injectable for tests).
+        Availability is checked lazily, so a 429 on one attempt makes later attempts skip
+        that key. When nothing at all is available because keys are resting, raises 429
+        with the soonest return (never hammers a resting key).
         """
-        yielded = False
-        now = clock()
-        soonest: float | None = None
-        for provider in plan.candidates:
-            pool = self.pools[provider.name]
-            if not pool.breaker.allow(clock()):
-                continue
-            for key in pool.order():
-                now = clock()
-                if not pool.states[key].available(now):
-                    continue
-                yielded = True
-                yield provider, pool, key
-            wait = pool.soonest_return(now)
-            if wait is not None and (soonest is None or wait < soonest):
-                soonest = wait
-        if not yielded:
-            if soonest is not None:
-                raise GatewayError(
-                    429,
-                    "every key of every candidate provider is cooling down after rate limits",
-                    code="keys_cooling_down",
-                    headers=[retry_after_header(soonest)],
-                    kind="rate_limited",
-                )
-            names = ", ".join(p.name for p in plan.candidates)
-            raise GatewayError(
-                503, f"no usable key or provider available ({names}): keys disabled or circuit open", code="no_available_provider"
-            )
+        return AttemptSequence(plan.candidates, self.pools, clock, rand)
 
 
 def _parse_wide(body: bytes, exc: Exception) -> Any:
