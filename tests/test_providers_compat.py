@@ -6,15 +6,13 @@ The gateway runs as a subprocess in front of MockUpstreams (the only mocks: prov
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import GW_KEY, REPO_ROOT, StartGateway, assert_gateway_error, assert_wire_invariants
+from conftest import GW_KEY, StartGateway, assert_gateway_error, assert_wire_invariants
 from mock_upstream import Json, MockUpstream, Sse
+from providers_helpers import rawgw_cli
 from routing_helpers import (  # noqa: F401  (ups_fixture provides the `ups` fixture)
     ANT_KEY,
     KEY_A,
@@ -162,17 +160,10 @@ PRESET_KEYS = {
 }
 
 
-def rawgw(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full = {k: v for k, v in os.environ.items() if k != "RAWGW_CONFIG"}
-    full["PYTHONPATH"] = os.environ.get("RAWGW_TEST_SRC") or str(REPO_ROOT)
-    full.update(env or {})
-    return subprocess.run([sys.executable, "-m", "rawgw", *args], cwd=cwd, env=full, capture_output=True, text=True, timeout=30)
-
-
 @pytest.mark.parametrize("name", list(PRESET_KEYS))
 def test_init_writes_each_preset(tmp_path: Path, name: str) -> None:
     var, key, ptype, base_url = PRESET_KEYS[name]
-    done = rawgw("init", "--provider", name, cwd=tmp_path)
+    done = rawgw_cli("init", "--provider", name, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert f"export {var}=" in done.stdout and "export GATEWAY_API_KEY=" in done.stdout
     text = (tmp_path / "gateway.toml").read_text()
@@ -181,14 +172,14 @@ def test_init_writes_each_preset(tmp_path: Path, name: str) -> None:
     assert doc["providers"][name]["base_url"] == base_url
     assert doc["providers"][name]["keys"] == [f"env:{var}"]
     assert "[[keys]]" in text  # tables, not an inline keys = [...] a later section could capture
-    checked = rawgw("check", "-c", "gateway.toml", cwd=tmp_path, env={var: key, "GATEWAY_API_KEY": GW_KEY})
+    checked = rawgw_cli("check", "-c", "gateway.toml", cwd=tmp_path, env={var: key, "GATEWAY_API_KEY": GW_KEY})
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert key not in checked.stdout
 
 
 def test_init_default_is_openrouter_and_unknown_preset_is_refused(tmp_path: Path) -> None:
-    assert rawgw("init", cwd=tmp_path).returncode == 0
+    assert rawgw_cli("init", cwd=tmp_path).returncode == 0
     assert "openrouter" in tomllib.loads((tmp_path / "gateway.toml").read_text())["providers"]
-    bad = rawgw("init", "--provider", "nope", "other.toml", cwd=tmp_path)
+    bad = rawgw_cli("init", "--provider", "nope", "other.toml", cwd=tmp_path)
     assert bad.returncode == 2 and "gemini" in bad.stderr
     assert not (tmp_path / "other.toml").exists()

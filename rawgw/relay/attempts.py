@@ -166,7 +166,8 @@ class AttemptChain:
             if buffered:
                 self.upstream_model = router.model_for(plan, provider)
             self.t_sent = perf_counter()
-            wait = max(0.0, min(provider.first_byte_timeout_s, deadline - self.t_sent, attempt_end - self.t_sent))
+            head_bound = min(provider.first_byte_timeout_s, deadline - self.t_sent)
+            wait = max(0.0, min(head_bound, attempt_end - self.t_sent))
             head_future = self._send(conn, provider, key, wait, router.body_for(plan, provider) if buffered else None)
             try:
                 head = await head_future
@@ -178,7 +179,7 @@ class AttemptChain:
                 else:
                     if perf_counter() >= deadline:
                         raise deadline_error() from None
-                    if perf_counter() >= attempt_end:
+                    if wait < head_bound:  # timeout_s was the bound that ended it
                         message = f"upstream '{provider.name}' did not answer within its timeout_s of {provider.timeout_s:g} s"
                     else:
                         message = f"upstream '{provider.name}' sent no response head within {wait:g} s"
