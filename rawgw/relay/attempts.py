@@ -59,12 +59,14 @@ class AttemptChain:
 
     __slots__ = (
         "attempts",
+        "awaiting_head",
         "body_done",
         "body_parts",
         "body_size",
         "body_waiter",
         "cfg",
         "client",
+        "client_gone",
         "conn",
         "connect_s",
         "hooks",
@@ -91,6 +93,10 @@ class AttemptChain:
         self.t_head = 0.0
         self.connect_s = 0.0
         self.upstream_model: str | None = None
+        # on_disconnect = "drain": the client left while a request was upstream; the
+        # chain ends with whatever head comes (no failover, no retry for nobody).
+        self.client_gone = False
+        self.awaiting_head = False  # a whole request is upstream and its head is awaited
 
     # ---- the client's body -----------------------------------------------
 
@@ -139,6 +145,8 @@ class AttemptChain:
         attempts = router.attempts(plan)
         step = next(attempts, None)
         while step is not None:
+            if self.client_gone:
+                raise GatewayError(499, "client closed the connection", kind="client_closed")
             provider, pool, key = step.provider, step.pool, step.key
             if step.wait_s > 0:
                 # A same-provider retry's backoff (routing.policy decided it fits before
@@ -169,9 +177,11 @@ class AttemptChain:
             head_bound = min(provider.first_byte_timeout_s, deadline - self.t_sent)
             wait = max(0.0, min(head_bound, attempt_end - self.t_sent))
             head_future = self._send(conn, provider, key, wait, router.body_for(plan, provider) if buffered else None)
+            self.awaiting_head = self.upload is None  # a body still streaming in cannot be drained
             try:
                 head = await head_future
             except (TimeoutError, UpstreamError) as exc:
+                self.awaiting_head = False
                 self.detach()
                 pool.on_failure(key, time.time())
                 if isinstance(exc, UpstreamError):
@@ -188,12 +198,13 @@ class AttemptChain:
                 attempts.report(policy.Outcome(None, None, deadline - perf_counter()))
                 step = next(attempts, None)
                 continue
+            self.awaiting_head = False
             self.t_head = perf_counter()
             status = head.status_code
             now = time.time()
             headers = plain_headers(head.headers)
             policy.account(pool, key, status, headers, now)
-            if policy.moves_on(status):
+            if policy.moves_on(status) and not self.client_gone:
                 attempts.report(policy.Outcome(status, policy.retry_after(headers, now), deadline - self.t_head))
                 following = next(attempts, None)
                 if following is not None:
