@@ -116,3 +116,13 @@ def test_bad_retry_settings_are_refused_by_check(tmp_path: Path, field: str, val
     done = rawgw_cli("check", "-c", "gateway.toml", cwd=tmp_path)
     assert done.returncode == 1
     assert message in done.stdout
+
+
+async def test_connect_failures_are_retried_and_counted(start_gateway: StartGateway) -> None:
+    from conftest import assert_gateway_error
+    from routing_helpers import dead_url
+
+    gw = await start_gateway(cfg({"a": prov(dead_url(), max_retries=2, retry_backoff_s=0.01)}))
+    r = await call(gw, chat("m"))
+    assert_gateway_error(r, 502)
+    assert r.header("x-rawgw-attempts") == "3"
