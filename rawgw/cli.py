@@ -10,6 +10,7 @@ import sys
 
 from rawgw import __version__
 from rawgw.logsetup import setup_logging
+from rawgw.presets import PRESETS
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -34,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("init", help="write a starter config")
     i.add_argument("path", nargs="?", default="gateway.toml")
     i.add_argument("--force", action="store_true", help="overwrite an existing file")
+    i.add_argument("--provider", choices=list(PRESETS), default="openrouter", help="the provider preset to write (default openrouter)")
 
     c = sub.add_parser("check", help="validate a config and print a summary")
     c.add_argument("-c", "--config")
@@ -83,7 +85,7 @@ def _one_shot(args: argparse.Namespace) -> int:
     if args.command == "init":
         from rawgw.config_commands import cmd_init
 
-        return cmd_init(args.path, args.force)
+        return cmd_init(args.path, args.force, args.provider)
     if args.command == "check":
         from rawgw.config_commands import cmd_check
 

@@ -23,12 +23,15 @@ from fnmatch import fnmatchcase
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from rawgw.presets import OFFICIAL_KEY_PREFIXES
 from rawgw.upstream.socks import parse_proxy_url
 
 __all__ = [
     "DEFAULT_BASE_URLS",
     "ENV_PREFIX",
+    "KEY_FORMATS",
     "KEY_STRATEGIES",
+    "ON_DISCONNECT",
     "PROVIDER_TYPES",
     "RESERVED_PROVIDER_NAMES",
     "AuthConfig",
@@ -115,6 +118,7 @@ class Provider:
     type: str
     base_url: str
     keys: tuple[str, ...] = field(repr=False)  # never in a repr: reprs end up in logs
+    key_format: str = "auto"  # "auto": prefix checked on the vendor's official host; "any": never
     key_strategy: str = "round-robin"
     cooldown_s: float = 14400.0
     priority: int = 1
@@ -122,6 +126,9 @@ class Provider:
     connect_timeout_s: float = 10.0
     first_byte_timeout_s: float = 300.0
     read_timeout_s: float = 300.0
+    timeout_s: float = 0.0  # one whole attempt, connect to response head; 0: unset
+    max_retries: int = 0  # extra attempts on this provider after each usable key had one
+    retry_backoff_s: float = 0.5  # first retry's wait; doubles per retry, with jitter
     pool_idle_s: float = 30.0
     max_connections: int = 256
     proxy: str = ""
@@ -142,6 +149,9 @@ class Route:
     # rawgw extension: the model to send to a particular provider of this route, e.g. a
     # failover provider that names the same model differently ({deepseek = "deepseek-chat"}).
     provider_models: tuple[tuple[str, str], ...] = ()
+    # A client hang-up after the request went upstream: "close" it at once (no more
+    # tokens billed, usage unknown) or "drain" it (read and discard the rest, record usage).
+    on_disconnect: str = "close"
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,13 +347,16 @@ def _other_format(path: str, text: str) -> str:
     return ""
 
 
-def parse_config(data: dict[str, Any], env: Mapping[str, str] | None = None, path: str | None = None) -> Config:
+def parse_config(
+    data: dict[str, Any], env: Mapping[str, str] | None = None, path: str | None = None, *, key_formats: bool = True
+) -> Config:
     """Validate an already-parsed TOML document and build the frozen :class:`Config`.
 
     ``path`` names the file the data came from; when given, its permissions are
-    checked if it holds literal secrets.
+    checked if it holds literal secrets. ``key_formats=False`` skips the key prefix
+    checks (a structural check against stand-in values, as ``rawgw import`` makes).
     """
-    return _Parser(os.environ if env is None else env).build(data, path)
+    return _Parser(os.environ if env is None else env, key_formats).build(data, path)
 
 
 # --------------------------------------------------------------------------- validation
@@ -356,11 +369,13 @@ _SERVER_FIELDS: Final = (
 )  # fmt: skip
 _KEY_FIELDS: Final = ("key", "name", "providers", "models", "rate_limit_rpm", "rate_limit_burst", "rate_limit_tpm", "admin")
 _PROVIDER_FIELDS: Final = (
-    "type", "base_url", "keys", "key_strategy", "cooldown_s", "priority", "models",
-    "connect_timeout_s", "first_byte_timeout_s", "read_timeout_s", "pool_idle_s",
-    "max_connections", "proxy", "headers",
+    "type", "base_url", "keys", "key_format", "key_strategy", "cooldown_s", "priority", "models",
+    "connect_timeout_s", "first_byte_timeout_s", "read_timeout_s", "timeout_s", "max_retries",
+    "retry_backoff_s", "pool_idle_s", "max_connections", "proxy", "headers",
 )  # fmt: skip
-_ROUTE_FIELDS: Final = ("match", "model", "providers", "provider_order", "force_provider_order", "provider_models")
+_ROUTE_FIELDS: Final = ("match", "model", "providers", "provider_order", "force_provider_order", "provider_models", "on_disconnect")
+KEY_FORMATS: Final = ("auto", "any")
+ON_DISCONNECT: Final = ("close", "drain")
 _LOGGING_FIELDS: Final = ("dir", "access", "chat", "chat_file_limit", "errors", "max_bytes", "backups")
 _CACHE_FIELDS: Final = ("enabled", "ttl_s", "max_entries")
 _STATE_FIELDS: Final = ("url", "prefix", "timeout_ms")
@@ -390,11 +405,6 @@ _FORBIDDEN_HEADERS: Final = frozenset(
         "x-api-key",
     }
 )  # fmt: skip
-_KEY_SHAPES: Final[Mapping[str, tuple[str, str]]] = {
-    "openrouter": ("sk-or-", "an OpenRouter key"),
-    "anthropic": ("sk-ant-", "an Anthropic key"),
-    "openai": ("sk-", "an OpenAI key"),
-}
 
 
 class _Unresolved:
@@ -450,8 +460,9 @@ def _did_you_mean(word: str, choices: Iterable[str]) -> str:
 class _Parser:
     """One validation run: collects errors and warnings instead of stopping at the first."""
 
-    def __init__(self, env: Mapping[str, str]) -> None:
+    def __init__(self, env: Mapping[str, str], key_formats: bool = True) -> None:
         self.env = env
+        self.key_formats = key_formats
         self.errors: list[str] = []
         self.warnings: list[str] = []
         self.from_env: set[str] = set()  # paths whose value came from env:NAME
@@ -652,7 +663,8 @@ class _Parser:
         d = Provider(name=name, type="openai", base_url="", keys=())
         ptype = self.provider_type(name, t)
         parts = self.base_url(t, ptype)
-        keys = self.key_pool(t, ptype, parts[1] if parts else "")
+        key_format = t.get_choice("key_format", d.key_format, KEY_FORMATS)
+        keys = self.key_pool(t, parts[1] if parts else "", key_format)
         proxy = t.get_str("proxy", d.proxy, nonempty=False)
         if proxy and proxy.lower().startswith("socks"):
             reason = _socks_proxy_error(proxy)
@@ -668,6 +680,9 @@ class _Parser:
         priority = t.get_int("priority", d.priority)
         models = t.get_str_list("models", d.models)
         connect_timeout = t.get_seconds("connect_timeout_s", d.connect_timeout_s, positive=True)
+        timeout = t.get_seconds("timeout_s", d.timeout_s, positive=False)
+        max_retries = t.get_int("max_retries", d.max_retries, lo=0, hi=100)
+        retry_backoff = t.get_seconds("retry_backoff_s", d.retry_backoff_s, positive=False)
         pool_idle = t.get_seconds("pool_idle_s", d.pool_idle_s, positive=False)
         max_connections = t.get_int("max_connections", d.max_connections, lo=1)
         headers = self.headers(t)
@@ -679,6 +694,7 @@ class _Parser:
             type=ptype,
             base_url=base_url,
             keys=keys,
+            key_format=key_format,
             key_strategy=key_strategy,
             cooldown_s=cooldown,
             priority=priority,
@@ -686,6 +702,9 @@ class _Parser:
             connect_timeout_s=connect_timeout,
             first_byte_timeout_s=first_byte,
             read_timeout_s=read_timeout,
+            timeout_s=timeout,
+            max_retries=max_retries,
+            retry_backoff_s=retry_backoff,
             pool_idle_s=pool_idle,
             max_connections=max_connections,
             proxy=proxy,
@@ -729,7 +748,7 @@ class _Parser:
             return None
         return parts
 
-    def key_pool(self, t: _Table, ptype: str | None, host: str) -> tuple[str, ...] | None:
+    def key_pool(self, t: _Table, host: str, key_format: str) -> tuple[str, ...] | None:
         path = f"{t.path}.keys"
         raw = t.raw("keys")
         if raw is _ABSENT:
@@ -755,22 +774,28 @@ class _Parser:
             if key in seen:
                 self.warn(kpath, f"same key as keys[{seen[key]}]; a pool rotates over distinct keys")
             seen.setdefault(key, i)
-            self.check_key_shape(key, kpath, ptype, host)
+            if key_format == "auto" and self.key_formats:
+                self.check_key_shape(key, kpath, host)
             keys.append(key)
         return None if failed else tuple(keys)
 
-    def check_key_shape(self, key: str, path: str, ptype: str | None, host: str) -> None:
-        """Warn about a key that cannot belong to this vendor (a pasted-wrong-key smell).
+    def check_key_shape(self, key: str, path: str, host: str) -> None:
+        """A key that cannot belong to the vendor whose official host it is sent to.
 
-        type openai also fronts DeepSeek, Gemini and local servers, whose keys look like
-        anything, so its check applies only to api.openai.com itself.
+        An error, since that vendor would only answer 401 and disable it at the first
+        request. Checked on official hosts only: type openai also fronts local servers,
+        proxies and other vendors, whose keys look like anything. Never echoes the key.
         """
-        shape = _KEY_SHAPES.get(ptype or "")
-        if shape is None or (ptype == "openai" and host != "api.openai.com"):
+        shape = OFFICIAL_KEY_PREFIXES.get(host.lower())
+        if shape is None:
             return
         prefix, what = shape
         if not key.startswith(prefix):
-            self.warn(path, f"{mask_key(key)} does not look like {what} ({prefix}…)")
+            self.error(
+                path,
+                f"does not look like {what} (they start with {prefix}); check the key, "
+                'or set key_format = "any" if this server takes other keys',
+            )
 
     def headers(self, t: _Table) -> tuple[tuple[str, str], ...]:
         raw = t.raw("headers")
@@ -863,6 +888,7 @@ class _Parser:
                 provider_order=t.get_str_list("provider_order", ()),
                 force_provider_order=t.get_bool("force_provider_order", False),
                 provider_models=self.provider_models(t),
+                on_disconnect=t.get_choice("on_disconnect", "close", ON_DISCONNECT),
             )
             self.check_route(route, index, out, providers)
             out.append(route)

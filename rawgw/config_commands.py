@@ -23,7 +23,6 @@ import orjson
 import tomli_w
 
 from rawgw.config import (
-    DEFAULT_BASE_URLS,
     ENV_PREFIX,
     PROVIDER_TYPES,
     RESERVED_PROVIDER_NAMES,
@@ -35,6 +34,7 @@ from rawgw.config import (
     parse_config,
 )
 from rawgw.configfile import load_config
+from rawgw.presets import PRESETS
 
 __all__ = ["cmd_check", "cmd_import", "cmd_init"]
 
@@ -127,49 +127,65 @@ def _onoff(flag: bool) -> str:
 # --------------------------------------------------------------------------- init
 
 
-def starter_config() -> dict[str, Any]:
-    """The config ``rawgw init`` writes: OpenRouter behind one gateway key."""
-    return {
+def starter_config(provider: str = "openrouter") -> dict[str, Any]:
+    """The config ``rawgw init`` writes: one preset provider behind one gateway key
+    (OpenRouter, the default, with the worked example's route)."""
+    preset = PRESETS[provider]
+    table: dict[str, Any] = {"type": preset.type, "base_url": preset.base_url, "keys": [f"env:{preset.env}"]}
+    table.update({"key_strategy": "round-robin", "cooldown_s": 14400, "priority": 1, "models": list(preset.models)})
+    out: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": 8080},
         "keys": [{"key": "env:GATEWAY_API_KEY", "name": "default"}],
-        "providers": {
-            "openrouter": {
-                "type": "openrouter",
-                "base_url": DEFAULT_BASE_URLS["openrouter"],
-                "keys": ["env:OPENROUTER_API_KEY"],
-                "key_strategy": "round-robin",
-                "cooldown_s": 14400,
-                "priority": 1,
-                "models": ["*"],
-            }
-        },
-        "routes": [
+        "providers": {preset.name: table},
+    }
+    if provider == "openrouter":
+        out["routes"] = [
             {
                 "match": "gpt-4*",
                 "model": "deepseek/deepseek-chat-v3-0324",
                 "providers": ["openrouter"],
                 "provider_order": ["DeepInfra", "Parasail"],
             }
-        ],
-        "logging": {"dir": "logs", "access": True, "chat": False, "chat_file_limit": 15, "errors": True},
-    }
+        ]
+    out["logging"] = {"dir": "logs", "access": True, "chat": False, "chat_file_limit": 15, "errors": True}
+    return out
 
 
-_INIT_HEADER: Final = """\
-# rawgw starter config (written by `rawgw init`). Every option: gateway.toml.example.
-# Secrets are "env:NAME" references, read from the environment at start.
-# The route below sends any gpt-4* request to DeepSeek V3 on OpenRouter,
-# asking OpenRouter to try the DeepInfra, then the Parasail endpoints.
+def _init_header(provider: str) -> str:
+    preset = PRESETS[provider]
+    lines = [
+        f"# rawgw starter config (written by `rawgw init --provider {provider}`). Every option: gateway.toml.example.",
+        '# Secrets are "env:NAME" references, read from the environment at start.',
+        f"# {preset.comment}",
+    ]
+    if provider == "openrouter":
+        lines.append("# The route below sends any gpt-4* request to DeepSeek V3 on OpenRouter,")
+        lines.append("# asking OpenRouter to try the DeepInfra, then the Parasail endpoints.")
+    return "\n".join(lines) + "\n\n"
 
-"""
+
+def _sections_toml(doc: dict[str, Any]) -> str:
+    """TOML with every top-level entry a table: ``[[keys]]`` rather than tomli_w's inline
+    ``keys = [...]``, which a user's ``[server]`` added above it would turn into server.keys."""
+    parts: list[str] = []
+    for name, value in doc.items():
+        if isinstance(value, list):
+            parts.extend(f"[[{name}]]\n" + tomli_w.dumps(item) for item in value)
+        else:
+            parts.append(tomli_w.dumps({name: value}))
+    return "\n".join(parts)
 
 
-def cmd_init(path: str = "gateway.toml", force: bool = False) -> int:
-    """Write a starter config; an existing file is only replaced with ``force``."""
+def cmd_init(path: str = "gateway.toml", force: bool = False, provider: str = "openrouter") -> int:
+    """Write a starter config for one preset provider; an existing file is only replaced with ``force``."""
+    preset = PRESETS.get(provider)
+    if preset is None:
+        _err(f"rawgw init: unknown provider '{provider}'; one of " + ", ".join(PRESETS))
+        return 2
     if os.path.exists(path) and not force:
         _err(f"rawgw init: {path} already exists; use --force to overwrite it")
         return 1
-    text = _INIT_HEADER + tomli_w.dumps(starter_config())
+    text = _init_header(provider) + _sections_toml(starter_config(provider))
     try:
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(text)
@@ -178,10 +194,14 @@ def cmd_init(path: str = "gateway.toml", force: bool = False) -> int:
         return 1
     print(f"wrote {path}")
     print("next, set the secrets it reads from the environment, check it and start the gateway:")
-    print("  export OPENROUTER_API_KEY=sk-or-...      # your OpenRouter key")
+    print(f"  export {preset.env}={preset.key_hint}".ljust(42) + f"# your {provider} key")
     print(f"  export GATEWAY_API_KEY={_GENERATE_KEY}   # the key your clients will send")
     print(f"  rawgw check -c {path}")
     print(f"  rawgw serve -c {path}")
+    print("then:")
+    body = '{"model": "' + preset.example_model + '", "messages": [{"role": "user", "content": "hi"}]}'
+    print('  curl http://127.0.0.1:8080/v1/chat/completions -H "Authorization: Bearer $GATEWAY_API_KEY" \\')
+    print(f"       -H 'content-type: application/json' -d '{body}'")
     return 0
 
 
@@ -324,7 +344,8 @@ def cmd_import(files: list[str], out: str | None) -> int:
     data = merge.to_toml_data()
     known = {name: e.value for name, e in merge.exports.items() if e.value is not None}
     try:
-        parse_config(data, env=_CheckEnv(known))
+        # stand-ins cannot have a vendor's key prefix: `rawgw check` checks the real keys
+        parse_config(data, env=_CheckEnv(known), key_formats=False)
     except ConfigError as exc:
         _err("rawgw import: the converted config would not load:")
         for line in exc.errors:

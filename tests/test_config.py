@@ -88,7 +88,7 @@ def test_defaults_of_a_minimal_config() -> None:
     ],
 )
 def test_default_base_url_per_type(ptype: str, base_url: str, host: str, base_path: str) -> None:
-    cfg = parse_config({"providers": {"up": {"type": ptype, "keys": ["k" * 20]}}}, {})
+    cfg = parse_config({"providers": {"up": {"type": ptype, "keys": ["k" * 20], "key_format": "any"}}}, {})
     p = cfg.providers["up"]
     assert (p.base_url, p.host, p.base_path, p.port) == (base_url, host, base_path, 443)
 
@@ -395,8 +395,8 @@ ERROR_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("header nul", minimal(providers={"openrouter": {"keys": ["env:OR1"], "headers": {"X-A": "a\x00"}}}), "providers.openrouter.headers.X-A: must not contain CR, LF or NUL"),
     ("header value type", minimal(providers={"openrouter": {"keys": ["env:OR1"], "headers": {"X-A": 1}}}), "providers.openrouter.headers.X-A: must be a string"),
     ("header forbidden", minimal(providers={"openrouter": {"keys": ["env:OR1"], "headers": {"Content-Length": "1"}}}), "providers.openrouter.headers.Content-Length: set by the gateway itself; cannot be configured"),
-    ("provider name", {"providers": {"my provider": {"type": "openai", "keys": ["k" * 16]}}}, "providers.my provider: name must be letters, digits, '_', '.', '-' (it is used in URL paths)"),
-    ("provider reserved", {"providers": {"v1": {"type": "openai", "keys": ["k" * 16]}}}, "providers.v1: name clashes with the gateway's own path /v1/; choose another"),
+    ("provider name", {"providers": {"my provider": {"type": "openai", "keys": ["sk-" + "k" * 16]}}}, "providers.my provider: name must be letters, digits, '_', '.', '-' (it is used in URL paths)"),
+    ("provider reserved", {"providers": {"v1": {"type": "openai", "keys": ["sk-" + "k" * 16]}}}, "providers.v1: name clashes with the gateway's own path /v1/; choose another"),
     ("routes table", minimal(routes={"match": "x"}), "routes: must be an array of tables ([[routes]])"),
     ("route match", minimal(routes=[{"model": "x"}]), "routes[0].match: required"),
     ("route match empty", minimal(routes=[{"match": ""}]), "routes[0].match: must not be empty"),
@@ -488,45 +488,51 @@ def test_clean_config_has_no_warnings() -> None:
 
 
 @pytest.mark.parametrize(
-    ("ptype", "base_url", "key", "warning"),
+    ("ptype", "base_url", "key", "error"),
     [
-        (
-            "openrouter",
-            None,
-            OAI_KEY,
-            "providers.p.keys[0]: sk-proj-…Wx34 does not look like an OpenRouter key (sk-or-…)",
-        ),
-        (
-            "anthropic",
-            None,
-            OR_KEY_1,
-            "providers.p.keys[0]: sk-or-…1c0d does not look like an Anthropic key (sk-ant-…)",
-        ),
-        (
-            "openai",
-            None,
-            "AIzaSyD-0123456789abcdefghijklmnop",
-            "providers.p.keys[0]: …mnop does not look like an OpenAI key (sk-…)",
-        ),
-        (
-            "openai",
-            "https://generativelanguage.googleapis.com/v1beta/openai",
-            "AIzaSyD-0123456789abcdefghijklmnop",
-            None,
-        ),
+        ("openrouter", None, OAI_KEY, "providers.p.keys[0]: does not look like an OpenRouter key (they start with sk-or-)"),
+        ("anthropic", None, OR_KEY_1, "providers.p.keys[0]: does not look like an Anthropic key (they start with sk-ant-)"),
+        ("openai", None, "AIzaSyD-0123456789abcdefghijklmnop", "providers.p.keys[0]: does not look like an OpenAI key (they start with sk-)"),
+        ("openai", "https://api.deepseek.com/v1", "ds-0123456789abcdef", "providers.p.keys[0]: does not look like a DeepSeek key (they start with sk-)"),
+        # the host decides, not the type: an OpenRouter key sent to openrouter.ai by an openai-type provider
+        ("openai", "https://openrouter.ai/api/v1", OAI_KEY, "providers.p.keys[0]: does not look like an OpenRouter key (they start with sk-or-)"),
+        ("openai", "https://generativelanguage.googleapis.com/v1beta/openai", "AIzaSyD-0123456789abcdefghijklmnop", None),
+        # not the vendor's official host: a local server or a proxy takes any key
+        ("openrouter", "http://127.0.0.1:8000/api/v1", "x", None),
+        ("anthropic", "https://claude-proxy.internal", "x", None),
+        ("openai", "http://localhost:11434/v1", "x", None),
         ("openrouter", None, OR_KEY_1, None),
         ("anthropic", None, ANT_KEY, None),
         ("openai", None, OAI_KEY, None),
     ],
 )
-def test_key_format_warnings(ptype: str, base_url: str | None, key: str, warning: str | None) -> None:
+def test_key_format_errors(ptype: str, base_url: str | None, key: str, error: str | None) -> None:
     provider: dict[str, Any] = {"type": ptype, "keys": ["env:K"]}
     if base_url:
         provider["base_url"] = base_url
-    cfg = parse_config({"keys": [{"key": "env:GW"}], "providers": {"p": provider}}, {"K": key, "GW": GW_KEY})
-    shape = [w for w in cfg.warnings if "does not look like" in w]
-    assert shape == ([warning] if warning else [])
-    assert key not in "".join(cfg.warnings)
+    doc = {"keys": [{"key": "env:GW"}], "providers": {"p": provider}}
+    env = {"K": key, "GW": GW_KEY}
+    if error is None:
+        parse_config(doc, env)
+        return
+    errs = errors_of(doc, env)
+    assert len(errs) == 1 and errs[0].startswith(error), errs
+    assert 'key_format = "any"' in errs[0]
+    assert key not in errs[0] and key[-4:] not in errs[0]  # neither the value nor its masked form
+    # key_format = "any" turns the check off (a server that takes other keys)
+    provider["key_format"] = "any"
+    assert parse_config(doc, env).providers["p"].keys == (key,)
+
+
+def test_key_format_names_each_bad_key_by_index() -> None:
+    doc = {"providers": {"openrouter": {"keys": ["env:A", "env:B", "env:C"]}}}
+    errs = errors_of(doc, {"A": OR_KEY_1, "B": ANT_KEY, "C": "plain-0123456789"})
+    assert [e.split(":")[0] for e in errs] == ["providers.openrouter.keys[1]", "providers.openrouter.keys[2]"]
+
+
+def test_key_format_must_be_known() -> None:
+    errs = errors_of({"providers": {"p": {"type": "openai", "keys": [OAI_KEY], "key_format": "sk-"}}})
+    assert errs == ["providers.p.key_format: must be one of auto, any"]
 
 
 def test_literal_secret_warnings() -> None:
@@ -607,15 +613,16 @@ def test_no_secret_in_any_error_or_warning() -> None:
     errs = errors_of(doc)
     assert len(errs) >= 6
     text = "\n".join(errs)
+    assert "does not look like" in text  # misplaced keys are errors, named by index only
     for secret in SECRETS:
         assert secret not in text
-    # and the warnings of a valid config with misplaced keys
+    # and the warnings of a valid config
     ok = {
         "keys": [{"key": GW_KEY}],
-        "providers": {"openrouter": {"keys": [ANT_KEY, ANT_KEY]}, "anthropic": {"keys": ["env:OR1"]}},
+        "providers": {"openrouter": {"keys": [OR_KEY_1, OR_KEY_1]}, "anthropic": {"keys": ["env:ANT"]}},
     }
     warnings = "\n".join(parse_config(ok, ENV).warnings)
-    assert "does not look like" in warnings and "literal secret" in warnings
+    assert "same key as" in warnings and "literal secret" in warnings
     for secret in SECRETS:
         assert secret not in warnings
 

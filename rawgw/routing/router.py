@@ -8,9 +8,10 @@ Data flow: ``classify`` (path → Endpoint) → ``plan`` (endpoint + key + body 
 from __future__ import annotations
 
 import json
+import random
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
@@ -18,8 +19,9 @@ from typing import Any
 import orjson
 
 from rawgw.config import Config, GatewayKey, Provider, Route
-from rawgw.errors import GatewayError, retry_after_header
+from rawgw.errors import GatewayError
 from rawgw.routing.keys import KeyPool, KeyState
+from rawgw.routing.policy import AttemptSequence
 from rawgw.routing.rewrite import RawJSON, member_span, rewrite_body
 from rawgw.routing.validate import validate_body
 
@@ -32,6 +34,10 @@ ROUTED: dict[str, bool] = {
     "messages": True,
     "messages/count_tokens": True,
 }
+
+# Anthropic's OpenAI-compatible API serves these OpenAI endpoints (at {base_url}/v1/REST):
+# anthropic providers are candidates there too, /v1/messages stays anthropic-only.
+ANTHROPIC_COMPAT = frozenset({"chat/completions"})
 
 LOCAL_PATHS = frozenset({"/", "/health", "/health/providers", "/metrics", "/metrics.json", "/dashboard"})
 # The control plane (rawgw.control): admin page and API, sign-in, sessions. Their names are
@@ -73,6 +79,12 @@ class Router:
         self.config = config
         self.providers = config.providers
         self.by_priority = sorted(config.providers.values(), key=lambda p: p.priority)
+        # What an anthropic provider serves on the OpenAI endpoints it can take: its
+        # models, except that "*" (the default) means claude-* there — it would
+        # otherwise catch every OpenAI model name too. A key pinning it uses its models.
+        self.compat_models: dict[str, tuple[str, ...]] = {
+            p.name: ("claude-*",) if p.models == ("*",) else p.models for p in config.providers.values() if p.type == "anthropic"
+        }
         # Key state carries over per (provider, key value): two providers sharing a key
         # value keep separate cooldowns across a reload, as before it.
         prior: dict[str, dict[str, KeyState]] = {}
@@ -144,7 +156,8 @@ class Router:
         validate_body(endpoint.rest, parsed)
         if key is not None and key.models and not any(fnmatchcase(model, g) for g in key.models):
             raise GatewayError(403, f"key '{key.name}' may not use model '{model}'", code="model_not_allowed")
-        route, upstream_model, candidates = self.candidates(model, endpoint.anthropic_only)
+        pinned = key.providers if key is not None else ()
+        route, upstream_model, candidates = self.candidates(model, endpoint.anthropic_only, endpoint.rest, pinned)
         if key is not None and key.providers:
             narrowed = [p for p in candidates if p.name in key.providers]
             if candidates and not narrowed:
@@ -163,9 +176,16 @@ class Router:
             stream=parsed.get("stream") is True,
         )
 
-    def candidates(self, model: str, anthropic_only: bool) -> tuple[Route | None, str, list[Provider]]:
+    def candidates(
+        self, model: str, anthropic_only: bool, rest: str = "chat/completions", pinned: tuple[str, ...] = ()
+    ) -> tuple[Route | None, str, list[Provider]]:
         """SPEC 5.2: the first route fitting ``model``, the upstream model, and the providers
-        that may serve it, before a virtual key narrows them (also what /v1/models lists)."""
+        that may serve it, before a virtual key narrows them (also what /v1/models lists).
+
+        On the OpenAI endpoints Anthropic's compatibility API serves (``ANTHROPIC_COMPAT``),
+        anthropic providers are candidates too: by ``compat_models``, or by their own
+        ``models`` when ``pinned`` (the key's providers) names them.
+        """
         route = next((r for r in self.config.routes if fnmatchcase(model, r.match)), None)
         upstream_model = route.model if route is not None and route.model else model
         if route is not None and route.providers:
@@ -174,11 +194,17 @@ class Router:
             if anthropic_only:
                 candidates = [p for p in candidates if p.type == "anthropic"]
         else:
-            candidates = [
-                p
-                for p in self.by_priority
-                if (p.type == "anthropic") == anthropic_only and any(fnmatchcase(upstream_model, g) for g in p.models)
-            ]
+            compat = not anthropic_only and rest in ANTHROPIC_COMPAT
+            candidates = []
+            for p in self.by_priority:
+                if (p.type == "anthropic") == anthropic_only:
+                    globs = p.models
+                elif compat and p.type == "anthropic":
+                    globs = p.models if p.name in pinned else self.compat_models[p.name]
+                else:
+                    continue
+                if any(fnmatchcase(upstream_model, g) for g in globs):
+                    candidates.append(p)
         return route, upstream_model, candidates
 
     def serves(self, provider: Provider, model: str) -> bool:
@@ -241,42 +267,17 @@ class Router:
 
     # ---- attempts -----------------------------------------------------------
 
-    def attempts(self, plan: Plan, clock: Callable[[], float] = time.time) -> Iterator[tuple[Provider, KeyPool, str]]:
-        """Provider/key pairs in failover order; each pair at most once per request.
+    def attempts(
+        self, plan: Plan, clock: Callable[[], float] = time.time, rand: Callable[[], float] = random.random
+    ) -> AttemptSequence:
+        """Provider/key attempts in failover order (SPEC 5.3, ``routing.policy``).
 
-        ``clock`` gives wall time (injectable for tests). Availability is checked lazily, so a 429 on one attempt makes later
-        attempts skip that key. When nothing at all is available because keys
-        are resting, raises 429 with the soonest return (never hammers a resting key).
+        ``clock`` gives wall time, ``rand`` the retry jitter (both injectable for tests).
+        Availability is checked lazily, so a 429 on one attempt makes later attempts skip
+        that key. When nothing at all is available because keys are resting, raises 429
+        with the soonest return (never hammers a resting key).
         """
-        yielded = False
-        now = clock()
-        soonest: float | None = None
-        for provider in plan.candidates:
-            pool = self.pools[provider.name]
-            if not pool.breaker.allow(clock()):
-                continue
-            for key in pool.order():
-                now = clock()
-                if not pool.states[key].available(now):
-                    continue
-                yielded = True
-                yield provider, pool, key
-            wait = pool.soonest_return(now)
-            if wait is not None and (soonest is None or wait < soonest):
-                soonest = wait
-        if not yielded:
-            if soonest is not None:
-                raise GatewayError(
-                    429,
-                    "every key of every candidate provider is cooling down after rate limits",
-                    code="keys_cooling_down",
-                    headers=[retry_after_header(soonest)],
-                    kind="rate_limited",
-                )
-            names = ", ".join(p.name for p in plan.candidates)
-            raise GatewayError(
-                503, f"no usable key or provider available ({names}): keys disabled or circuit open", code="no_available_provider"
-            )
+        return AttemptSequence(plan.candidates, self.pools, clock, rand)
 
 
 def _parse_wide(body: bytes, exc: Exception) -> Any:
