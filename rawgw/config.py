@@ -121,6 +121,8 @@ class Provider:
     connect_timeout_s: float = 10.0
     first_byte_timeout_s: float = 300.0
     read_timeout_s: float = 300.0
+    max_retries: int = 0  # extra attempts on this provider after each usable key had one
+    retry_backoff_s: float = 0.5  # first retry's wait; doubles per retry, with jitter
     pool_idle_s: float = 30.0
     max_connections: int = 256
     proxy: str = ""
@@ -330,7 +332,7 @@ _KEY_FIELDS: Final = ("key", "name", "providers", "models", "rate_limit_rpm", "r
 _PROVIDER_FIELDS: Final = (
     "type", "base_url", "keys", "key_strategy", "cooldown_s", "priority", "models",
     "connect_timeout_s", "first_byte_timeout_s", "read_timeout_s", "pool_idle_s",
-    "max_connections", "proxy", "headers", "free_only",
+    "max_connections", "proxy", "headers", "free_only", "max_retries", "retry_backoff_s",
 )  # fmt: skip
 _ROUTE_FIELDS: Final = ("match", "model", "providers", "provider_order", "force_provider_order", "provider_models")
 _LOGGING_FIELDS: Final = ("dir", "access", "chat", "chat_file_limit", "errors")
@@ -650,6 +652,8 @@ class _Parser:
         priority = t.get_int("priority", d.priority)
         models = t.get_str_list("models", d.models)
         connect_timeout = t.get_seconds("connect_timeout_s", d.connect_timeout_s, positive=True)
+        max_retries = t.get_int("max_retries", d.max_retries, lo=0, hi=100)
+        retry_backoff = t.get_seconds("retry_backoff_s", d.retry_backoff_s, positive=False)
         pool_idle = t.get_seconds("pool_idle_s", d.pool_idle_s, positive=False)
         max_connections = t.get_int("max_connections", d.max_connections, lo=1)
         headers = self.headers(t)
@@ -669,6 +673,8 @@ class _Parser:
             connect_timeout_s=connect_timeout,
             first_byte_timeout_s=first_byte,
             read_timeout_s=read_timeout,
+            max_retries=max_retries,
+            retry_backoff_s=retry_backoff,
             pool_idle_s=pool_idle,
             max_connections=max_connections,
             proxy=proxy,
