@@ -21,6 +21,7 @@ ANCHORS: Final = (
 )  # fmt: skip
 _ALSO_READ: Final = (
     "PORT", "HOST", "RATE_LIMIT_WINDOW", "RATE_LIMIT_MAX_REQUESTS", "CACHE_TTL", "MAX_RETRIES", "RETRY_DELAY",
+    "OPENCODE_API_KEY",
 )  # fmt: skip
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 
