@@ -119,7 +119,7 @@ async def test_group_other_paths_fail_over_too(start_gateway: StartGateway, ups:
 
 
 async def test_group_narrowed_by_a_pinned_key(start_gateway: StartGateway, ups: list[MockUpstream]) -> None:
-    p1, p2, _ = ups
+    p1, _, _ = ups
     gw = await start_gateway(group_config(ups))
     r = await call(gw, chat("gpt-4o"), path="/fallback/chat/completions", key=PINNED_KEY)
     assert r.status == 200 and routed_by(r) == ("p2", "1") and p1.requests == []

@@ -25,7 +25,6 @@ from mock_upstream import Json, MockUpstream, RecordedRequest, Stall
 from routing_helpers import ups_fixture  # noqa: F401  (the `ups` fixture: three mocks)
 from test_socks import PASSWORD, PASSWORD_URL, USER, SocksServer, pproxy_auth  # noqa: F401  (fixture)
 
-
 # --------------------------------------------------------------------------- helpers
 
 
@@ -201,7 +200,7 @@ async def test_go_router_keys_json_openai_and_deepseek(start_gateway: StartGatew
         ("vk_user1_openai", "gpt-4", openai, "sk-real-openai-key-123"),
         ("vk_user3_deepseek", "deepseek-chat", deepseek, "sk-deepseek-key-abc123"),
     ):
-        status, headers, _ = await curl(
+        status, _, _ = await curl(
             "-X", "POST", f"{gw.url}/chat/completions",
             "-H", f"Authorization: Bearer {vk}", "-H", "Content-Type: application/json",
             "-d", f'{{\n    "model": "{model}",\n    "messages": [{{"role": "user", "content": "Hello!"}}]\n  }}',
@@ -229,7 +228,7 @@ async def test_go_router_keys_json_anthropic_on_chat_completions(
 ) -> None:
     gw, _ = await go_router_gateway(start_gateway, ups, tmp_path)
     _, anthropic, _ = ups
-    status, headers, _ = await curl(
+    status, _, _ = await curl(
         "-X", "POST", f"{gw.url}/chat/completions",
         "-H", "Authorization: Bearer vk_user2_anthropic", "-H", "Content-Type: application/json",
         "-d", '{\n    "model": "claude-3-5-sonnet-20241022",\n    "messages": [{"role": "user", "content": "Hello!"}],\n'
@@ -260,7 +259,7 @@ async def test_node_gateway_env(start_gateway: StartGateway, ups: list[MockUpstr
         "# Rate Limiting\nRATE_LIMIT_WINDOW=60000                # 1 minute window\n"
         "RATE_LIMIT_MAX_REQUESTS=100            # Requests per window\n"
     )
-    text, doc, stdout = run_import(tmp_path, ".env")
+    _, doc, stdout = run_import(tmp_path, ".env")
     assert doc["server"] == {"port": 8787}
     assert doc["cache"] == {"enabled": True, "ttl_s": 300.0}
     assert doc["providers"]["openrouter"]["max_retries"] == 3 and doc["providers"]["openrouter"]["retry_backoff_s"] == 1.0
@@ -356,7 +355,7 @@ def proxy_env(stdout: str) -> dict[str, str]:
 async def test_rotating_proxy_config_yml(start_gateway: StartGateway, mock_upstream: MockUpstream, tmp_path: Path) -> None:
     pytest.importorskip("yaml")
     (tmp_path / "config.yml").write_text(rotating_proxy_yaml(mock_upstream.url("/api/v1")))
-    text, doc, stdout = run_import(tmp_path, "config.yml")
+    _, doc, stdout = run_import(tmp_path, "config.yml")
     assert doc["server"] == {"host": "0.0.0.0", "port": 5555, "public_paths": ["/health", "/api/v1/models"]}
     assert doc["models"] == {"cache_ttl_s": 300}
     p = doc["providers"]["openrouter"]
@@ -421,7 +420,10 @@ async def test_rotating_proxy_free_only(start_gateway: StartGateway, mock_upstre
 
 
 async def test_rotating_proxy_request_proxy_socks5(
-    start_gateway: StartGateway, mock_upstream: MockUpstream, pproxy_auth: SocksServer, tmp_path: Path
+    start_gateway: StartGateway,
+    mock_upstream: MockUpstream,
+    pproxy_auth: SocksServer,  # noqa: F811  (the fixture imported above)
+    tmp_path: Path,
 ) -> None:
     """requestProxy (enabled, with credentials): every upstream request goes through the
     SOCKS5 server; its password stays out of the file and the output."""
