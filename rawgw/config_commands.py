@@ -73,10 +73,16 @@ def summarize(config: Config) -> list[str]:
         lines.append(f"  {p.name}: type {p.type}, {p.base_url}, priority {p.priority}, key_strategy {p.key_strategy}")
         lines.append(f"    keys ({len(p.keys)}): " + ", ".join(mask_key(k) for k in p.keys))
         lines.append("    models: " + _list(p.models, "none"))
+        if p.free_only:
+            lines.append("    free_only: free models only")
         if p.proxy:
             lines.append("    proxy: configured")
         if p.headers:
             lines.append("    headers: " + ", ".join(name for name, _ in p.headers))
+
+    if config.groups:
+        lines.append(f"groups ({len(config.groups)}):")
+        lines.extend(f"  /{name}/... -> {', '.join(members)} (by priority, with failover)" for name, members in config.groups.items())
 
     lines.append(f"routes ({len(config.routes)}):")
     for r in config.routes:
@@ -99,6 +105,7 @@ def summarize(config: Config) -> list[str]:
     cache = config.cache
     lines.append(f"cache: {_onoff(cache.enabled)}" + (f" (ttl {cache.ttl_s:g} s, {cache.max_entries} entries)" if cache.enabled else ""))
     lines.append(f"metrics: {_onoff(config.metrics.enabled)}")
+    lines.append(f"model lists: cached {config.models.cache_ttl_s:g} s per provider")
     if config.warnings:
         lines.append(f"warnings ({len(config.warnings)}):")
         lines.extend(f"  {w}" for w in config.warnings)

@@ -230,3 +230,13 @@ async def test_free_only_lists_and_refuses(start_gateway: StartGateway, mock_ups
         r = await call(gw, chat(model))
         assert r.status == status, (model, r.body)
     assert [json.loads(q.body)["model"] for q in mock_upstream.requests if q.method == b"POST"] == ["a/free:free", "a/zero"]
+
+
+def test_check_summary_shows_groups_free_only_and_ttl() -> None:
+    from rawgw.config_commands import summarize
+
+    doc = {"providers": {**PROVIDERS, "free": {"type": "openrouter", "keys": ["sk-or-" + "x" * 16], "free_only": True}}}
+    c = parse_config({**doc, "groups": {"openai": ["openai", "openai_2"]}, "models": {"cache_ttl_s": 60}}, {})
+    text = "\n".join(summarize(c))
+    assert "/openai/... -> openai, openai_2 (by priority, with failover)" in text
+    assert "free_only: free models only" in text and "model lists: cached 60 s per provider" in text
