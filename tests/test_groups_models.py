@@ -43,7 +43,7 @@ def errors_of(doc: dict[str, Any]) -> list[str]:
     return info.value.errors
 
 
-PROVIDERS = {"openai": {"type": "openai", "keys": ["k" * 16]}, "openai_2": {"type": "openai", "keys": ["j" * 16]}}
+PROVIDERS = {"openai": {"type": "openai", "keys": ["sk-" + "k" * 16]}, "openai_2": {"type": "openai", "keys": ["sk-" + "j" * 16]}}
 
 
 def test_groups_parse_and_may_share_a_provider_name() -> None:
