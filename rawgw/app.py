@@ -219,11 +219,12 @@ class Gateway:
         )
 
     def _models(self, client: ClientConnection, inc: Incoming) -> None:
-        """GET /v1/models: an async listing; a client that leaves cancels it."""
+        """GET /v1/models (or /v1/models-by-provider): an async listing; a client that leaves cancels it."""
         anthropic = get_header(inc.headers, b"anthropic-version") is not None
         relay = self.relay
         config = self.config
-        task = self.loop.create_task(self.models.listing(config, relay, inc.key, anthropic, inc.request_id))
+        by_provider = inc.endpoint.rest == "models-by-provider"
+        task = self.loop.create_task(self.models.listing(config, relay, inc.key, anthropic, inc.request_id, by_provider))
         client.sink = _Waiting(task)
 
         def done(t: asyncio.Task[Reply]) -> None:

@@ -43,6 +43,7 @@ __all__ = [
     "KeyDefaults",
     "LoggingConfig",
     "MetricsConfig",
+    "ModelsConfig",
     "Provider",
     "Route",
     "ServerConfig",
@@ -133,6 +134,8 @@ class Provider:
     max_connections: int = 256
     proxy: str = ""
     headers: tuple[tuple[str, str], ...] = ()
+    # list and serve only free models (OpenRouter ":free" ids or zero pricing)
+    free_only: bool = False
     scheme: str = "https"
     host: str = ""
     port: int = 443
@@ -194,6 +197,13 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelsConfig:
+    """``[models]``: the /v1/models listing. ``cache_ttl_s = 0`` fetches on every request."""
+
+    cache_ttl_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
 class KeyDefaults:
     """Limits of the personal key a GitHub device-flow sign-in creates."""
 
@@ -238,6 +248,9 @@ class Config:
     warnings: tuple[str, ...] = ()
     auth: AuthConfig = AuthConfig()
     state: StateConfig = StateConfig()
+    # [groups] NAME = [provider, ...]: /NAME/{rest} tried over those providers by priority
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    models: ModelsConfig = ModelsConfig()
 
 
 class ConfigError(Exception):
@@ -361,7 +374,7 @@ def parse_config(
 
 # --------------------------------------------------------------------------- validation
 
-_SECTIONS: Final = ("server", "keys", "providers", "routes", "logging", "cache", "metrics", "auth", "state")
+_SECTIONS: Final = ("server", "keys", "providers", "routes", "logging", "cache", "metrics", "auth", "state", "groups", "models")
 _SERVER_FIELDS: Final = (
     "host", "port", "workers", "max_body_bytes", "max_header_bytes", "header_timeout_s",
     "keepalive_timeout_s", "shutdown_grace_s", "max_connections", "request_timeout_s",
@@ -371,7 +384,7 @@ _KEY_FIELDS: Final = ("key", "name", "providers", "models", "rate_limit_rpm", "r
 _PROVIDER_FIELDS: Final = (
     "type", "base_url", "keys", "key_format", "key_strategy", "cooldown_s", "priority", "models",
     "connect_timeout_s", "first_byte_timeout_s", "read_timeout_s", "timeout_s", "max_retries",
-    "retry_backoff_s", "pool_idle_s", "max_connections", "proxy", "headers",
+    "retry_backoff_s", "pool_idle_s", "max_connections", "proxy", "headers", "free_only",
 )  # fmt: skip
 _ROUTE_FIELDS: Final = ("match", "model", "providers", "provider_order", "force_provider_order", "provider_models", "on_disconnect")
 KEY_FORMATS: Final = ("auto", "any")
@@ -380,6 +393,7 @@ _LOGGING_FIELDS: Final = ("dir", "access", "chat", "chat_file_limit", "errors", 
 _CACHE_FIELDS: Final = ("enabled", "ttl_s", "max_entries")
 _STATE_FIELDS: Final = ("url", "prefix", "timeout_ms")
 _METRICS_FIELDS: Final = ("enabled",)
+_MODELS_FIELDS: Final = ("cache_ttl_s",)
 _GITHUB_FIELDS: Final = (
     "client_id", "client_secret", "allowed_users", "allowed_orgs", "admins", "oauth_base", "api_base",
     "redirect_url", "key_defaults",
@@ -591,6 +605,10 @@ class _Parser:
         metrics = MetricsConfig(enabled=self.table(data, "metrics", "metrics", _METRICS_FIELDS).get_bool("enabled", True))
         auth = self.auth(self.table(data, "auth", "auth", ("github",)))
         state = self.state(self.table(data, "state", "state", _STATE_FIELDS))
+        groups = self.groups(data)
+        models = ModelsConfig(
+            cache_ttl_s=self.table(data, "models", "models", _MODELS_FIELDS).get_seconds("cache_ttl_s", 300.0, positive=False)
+        )
         if self.errors:
             raise ConfigError(self.errors)
         if path is not None and self.literal_secrets and _readable_by_others(path):
@@ -607,7 +625,42 @@ class _Parser:
             warnings=tuple(self.warnings),
             auth=auth,
             state=state,
+            groups=groups,
+            models=models,
         )
+
+    def groups(self, data: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+        """``[groups] NAME = ["p1", "p2"]``: a named path ``/NAME/...`` with failover.
+
+        A group may share its name with a provider (the priority-router import makes
+        ``openai = ["openai", "openai_2"]``): the group then owns ``/NAME/...``.
+        """
+        raw = data.get("groups", _ABSENT)
+        if raw is _ABSENT:
+            return {}
+        if not isinstance(raw, dict):
+            self.error("groups", 'must be a table of NAME = ["provider", ...] ([groups])')
+            return {}
+        out: dict[str, tuple[str, ...]] = {}
+        for name, members in raw.items():
+            path = f"groups.{name}"
+            if not _PROVIDER_NAME.fullmatch(name):
+                self.error(path, "name must be letters, digits, '_', '.', '-' (it is used in URL paths)")
+                continue
+            if name in RESERVED_PROVIDER_NAMES:
+                self.error(path, f"name clashes with the gateway's own path /{name}/; choose another")
+                continue
+            if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
+                self.error(path, 'must be a non-empty list of provider names, e.g. ["openai", "openai_2"]')
+                continue
+            ok = True
+            for i, member in enumerate(members):
+                if member not in self.declared_providers:
+                    self.error(f"{path}[{i}]", f"unknown provider '{member}'" + _did_you_mean(member, self.declared_providers))
+                    ok = False
+            if ok:
+                out[name] = tuple(dict.fromkeys(members))
+        return out
 
     def server(self, t: _Table) -> ServerConfig:
         d = ServerConfig()
@@ -686,6 +739,7 @@ class _Parser:
         pool_idle = t.get_seconds("pool_idle_s", d.pool_idle_s, positive=False)
         max_connections = t.get_int("max_connections", d.max_connections, lo=1)
         headers = self.headers(t)
+        free_only = t.get_bool("free_only", d.free_only)
         if ptype is None or parts is None or keys is None:
             return None
         scheme, host, port, base_path, base_url = parts
@@ -709,6 +763,7 @@ class _Parser:
             max_connections=max_connections,
             proxy=proxy,
             headers=headers,
+            free_only=free_only,
             scheme=scheme,
             host=host,
             port=port,

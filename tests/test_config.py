@@ -18,6 +18,7 @@ from rawgw.config import (
     GatewayKey,
     LoggingConfig,
     MetricsConfig,
+    ModelsConfig,
     Provider,
     Route,
     ServerConfig,
@@ -753,6 +754,7 @@ def test_example_file_shows_every_option() -> None:
         "cache": CacheConfig,
         "metrics": MetricsConfig,
         "state": StateConfig,
+        "models": ModelsConfig,
     }
     for section, cls in settable.items():
         assert set(doc[section]) == {f.name for f in dataclasses.fields(cls)}, section

@@ -40,6 +40,11 @@ ROUTED: dict[str, bool] = {
 ANTHROPIC_COMPAT = frozenset({"chat/completions"})
 
 LOCAL_PATHS = frozenset({"/", "/health", "/health/providers", "/metrics", "/metrics.json", "/dashboard"})
+# The gateway's own lists under /v1/ (answered locally, never forwarded).
+MODEL_LISTS = frozenset({"models", "models-by-provider"})
+# Paths of the gateways rawgw replaces that no provider API has: forwarding them would only
+# show the client an upstream's confusing 404 (or worse, a real endpoint of that name).
+GATEWAY_ONLY = frozenset({"emulate"})
 # The control plane (rawgw.control): admin page and API, sign-in, sessions. Their names are
 # reserved provider names (config.RESERVED_PROVIDER_NAMES), so no provider route is shadowed.
 CONTROL_PREFIXES = ("/admin/", "/auth/", "/session/")
@@ -53,8 +58,11 @@ class Endpoint:
     path: str
     rest: str = ""  # after /v1/ (or after /{provider}/)
     query: str = ""
-    provider: str = ""  # for kind == "provider"
+    provider: str = ""  # for kind == "provider", or the group / provider a named path names
     anthropic_only: bool = False
+    # a named path /{group}/{rest} (or a free_only provider's): the providers it may use, in
+    # config order; empty for every other endpoint
+    members: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -99,6 +107,8 @@ class Router:
                 if old_pool is not None:
                     pool.breaker = old_pool.breaker
                     pool.next_index = old_pool.next_index
+        # provider name -> model ids its last upstream list priced at zero (free_only)
+        self.free_models: dict[str, frozenset[str]] = dict(old.free_models) if old is not None else {}
 
     # ---- endpoints ----------------------------------------------------------
 
@@ -114,18 +124,30 @@ class Router:
             rest = path[4:]
         elif path.startswith("/api/v1/"):
             rest = path[8:]
-        elif path in ("/chat/completions", "/completions", "/embeddings", "/responses"):
+        elif path in ("/chat/completions", "/completions", "/embeddings", "/responses", "/models"):
             rest = path[1:]
         if rest is not None:
             if rest in ROUTED:
                 return Endpoint("routed", path, rest, query, anthropic_only=ROUTED[rest])
-            if rest == "models":
+            if rest in MODEL_LISTS:
                 return Endpoint("models", path, rest, query)
+            if rest in GATEWAY_ONLY:
+                return Endpoint("unknown", path, query=query)
             return Endpoint("passthrough", path, safe_rest(rest), query)
         name, sep, rest = path[1:].partition("/")
-        if name in self.providers and sep:
-            return Endpoint("provider", path, safe_rest(rest), query, provider=name)
-        return Endpoint("unknown", path, query=query)
+        if not sep:
+            return Endpoint("unknown", path, query=query)
+        group = self.config.groups.get(name)
+        provider = self.providers.get(name)
+        if group is None and provider is None:
+            return Endpoint("unknown", path, query=query)
+        # /{name}/v1/chat/completions and /{name}/chat/completions are the same request
+        tail = rest[3:] if rest.startswith("v1/") else rest
+        if tail in ROUTED and (group is not None or (provider is not None and provider.free_only)):
+            # routed among the named providers: the body's model is read, so keys' model
+            # lists and free_only apply, and each member gets its own URL (SPEC 5.4)
+            return Endpoint("routed", path, tail, query, provider=name, anthropic_only=ROUTED[tail], members=group or (name,))
+        return Endpoint("provider", path, safe_rest(rest), query, provider=name, members=group or ())
 
     # ---- the decision -------------------------------------------------------
 
@@ -133,6 +155,12 @@ class Router:
         if endpoint.kind == "routed":
             return self._plan_routed(endpoint, key, body)
         if endpoint.kind == "provider":
+            if endpoint.members:  # a group: its providers by priority, failing over (SPEC 5.3)
+                members = self._members(endpoint)
+                allowed = [p for p in members if key is None or not key.providers or p.name in key.providers]
+                if not allowed:
+                    raise GatewayError(403, f"key '{key.name if key else ''}' may not use the providers of '{endpoint.provider}'", code="provider_not_allowed")
+                return Plan(endpoint, allowed, body)
             provider = self.providers[endpoint.provider]
             if key is not None and key.providers and provider.name not in key.providers:
                 raise GatewayError(403, f"key '{key.name}' may not use provider '{provider.name}'", code="provider_not_allowed")
@@ -156,13 +184,32 @@ class Router:
         validate_body(endpoint.rest, parsed)
         if key is not None and key.models and not any(fnmatchcase(model, g) for g in key.models):
             raise GatewayError(403, f"key '{key.name}' may not use model '{model}'", code="model_not_allowed")
-        pinned = key.providers if key is not None else ()
-        route, upstream_model, candidates = self.candidates(model, endpoint.anthropic_only, endpoint.rest, pinned)
+        if endpoint.members:
+            # a named path: the client chose the providers, so no route applies and the
+            # model goes as sent
+            route, upstream_model = None, model
+            candidates = self._members(endpoint)
+            if endpoint.anthropic_only:
+                candidates = [p for p in candidates if p.type == "anthropic"]
+        else:
+            pinned = key.providers if key is not None else ()
+            route, upstream_model, candidates = self.candidates(model, endpoint.anthropic_only, endpoint.rest, pinned)
         if key is not None and key.providers:
             narrowed = [p for p in candidates if p.name in key.providers]
             if candidates and not narrowed:
                 raise GatewayError(403, f"key '{key.name}' may not use the providers serving model '{model}'", code="provider_not_allowed")
             candidates = narrowed
+        if any(p.free_only for p in candidates):
+            free = [p for p in candidates if not p.free_only or self.is_free(p.name, _model_for(route, upstream_model, p))]
+            if not free:
+                p = candidates[0]
+                raise GatewayError(
+                    403,
+                    f"model '{_model_for(route, upstream_model, p)}' is not free and provider '{p.name}' has free_only = true "
+                    "(ask for a ':free' model, or set free_only = false)",
+                    code="model_not_free",
+                )
+            candidates = free
         if not candidates:
             raise GatewayError(404, f"no provider serves model '{model}'", code="model_not_found")
         return Plan(
@@ -207,6 +254,15 @@ class Router:
                     candidates.append(p)
         return route, upstream_model, candidates
 
+    def _members(self, endpoint: Endpoint) -> list[Provider]:
+        """A named path's providers by priority (ties keep the group's order)."""
+        return sorted((self.providers[n] for n in endpoint.members), key=lambda p: p.priority)
+
+    def is_free(self, provider: str, model: str | None) -> bool:
+        """free_only's test: an OpenRouter ``:free`` id, or one the provider's last model
+        list priced at zero (learned by the /v1/models listing)."""
+        return model is not None and (model.endswith(":free") or model in self.free_models.get(provider, ()))
+
     def serves(self, provider: Provider, model: str) -> bool:
         """Would a request for ``model`` be sent to ``provider``? (its own endpoint family)"""
         name = provider.name
@@ -245,17 +301,15 @@ class Router:
 
     def model_for(self, plan: Plan, provider: Provider) -> str | None:
         """The model sent to ``provider``: the route's per-provider model, else its model."""
-        route = plan.route
-        if route is not None and route.provider_models:
-            for name, model in route.provider_models:
-                if name == provider.name:
-                    return model
-        return plan.upstream_model
+        return _model_for(plan.route, plan.upstream_model, provider)
 
     def upstream_path(self, endpoint: Endpoint, provider: Provider) -> bytes:
         """SPEC 5.4 URL joining."""
         base = provider.base_path
-        if endpoint.kind == "provider":
+        if endpoint.kind == "provider" and not (provider.type == "anthropic" and endpoint.rest in ROUTED):
+            # (an anthropic base_url is a bare origin: /anthropic/chat/completions means
+            # {origin}/v1/chat/completions, as on the routed endpoints; nothing of the API
+            # lives at {origin}/chat/completions)
             path = f"{base}/{endpoint.rest}"
         elif provider.type == "anthropic":
             path = f"{base}/v1/{endpoint.rest}"
@@ -278,6 +332,15 @@ class Router:
         with the soonest return (never hammers a resting key).
         """
         return AttemptSequence(plan.candidates, self.pools, clock, rand)
+
+
+def _model_for(route: Route | None, upstream_model: str | None, provider: Provider) -> str | None:
+    """The model sent to ``provider``: the route's per-provider model, else its model."""
+    if route is not None and route.provider_models:
+        for name, model in route.provider_models:
+            if name == provider.name:
+                return model
+    return upstream_model
 
 
 def _parse_wide(body: bytes, exc: Exception) -> Any:
