@@ -7,6 +7,10 @@ if h11 changes any of them).
   checks (Content-Length/Transfer-Encoding) still run.
 - ``Headers._full_items``: h11's backing list of (raw name, lower name, value);
   scanning it is ~6× faster than ``Sequence.__iter__`` over ``Headers``.
+- ``Connection._reader`` / ``_writer`` types (h11's body framing decision),
+  ``_receive_buffer._extract`` and ``_process_event``: the body relay forwards body
+  bytes without h11 (``rawgw.http.body``) while h11 keeps owning heads and the
+  connection state machine, so a connection is cycled (keep-alive) the public way.
 """
 
 from __future__ import annotations
@@ -14,6 +18,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import h11
+from h11._readers import ChunkedReader, ContentLengthReader
+from h11._writers import ChunkedWriter, ContentLengthWriter
+
+from rawgw.http.body import CHUNKED, CLOSE, LENGTH
 
 Header = tuple[bytes, bytes]
 
@@ -34,3 +42,50 @@ def plain_headers(headers: Iterable[Header]) -> list[Header]:
     if items is not None:
         return [(name, value) for _, name, value in items]
     return list(headers)
+
+
+def response_framing(conn: h11.Connection) -> tuple[int, int]:
+    """Right after h11 returned a Response: (framing, length) of the body it would read.
+
+    h11 decided it from the head and the request method (HEAD, 204, 304: length 0).
+    """
+    reader = conn._reader
+    if isinstance(reader, ContentLengthReader):
+        return LENGTH, reader._remaining
+    if isinstance(reader, ChunkedReader):
+        return CHUNKED, 0
+    return CLOSE, 0
+
+
+def take_received(conn: h11.Connection) -> bytes:
+    """The bytes h11 holds past the last event it returned, removed from h11."""
+    buf = conn._receive_buffer
+    return bytes(buf._extract(len(buf))) if len(buf) else b""
+
+
+def finish_response(conn: h11.Connection) -> bool:
+    """The body read without h11 ended exactly at its framing's end: tell h11's state
+    machine (their side → DONE). False when h11's state does not allow it."""
+    try:
+        conn._process_event(conn.their_role, h11.EndOfMessage())
+    except h11.LocalProtocolError:
+        return False
+    return True
+
+
+def writer_framing(conn: h11.Connection) -> int:
+    """After a Response head was sent: how h11 frames its body (the client's framing)."""
+    writer = conn._writer
+    if isinstance(writer, ContentLengthWriter):
+        return LENGTH
+    if isinstance(writer, ChunkedWriter):
+        return CHUNKED
+    return CLOSE
+
+
+def body_sent_raw(conn: h11.Connection) -> None:
+    """The whole body went out without h11 (exactly the announced length or a complete
+    chunked body): let ``send(EndOfMessage())`` finish the message."""
+    writer = conn._writer
+    if isinstance(writer, ContentLengthWriter):
+        writer._length = 0

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import h11
 
 from rawgw.errors import REASONS, GatewayError
+from rawgw.http.body import Raw
 from rawgw.http.headers import filter_headers, get_header, plain_headers, upstream_request_id
 from rawgw.observe.record import RequestRecord
 from rawgw.observe.usage import extract_usage
@@ -67,6 +68,7 @@ class Exchange:
         "outcome",
         "overhead_s",
         "provider",
+        "raw",
         "request_body",
         "response_headers",
         "status",
@@ -88,6 +90,7 @@ class Exchange:
         self.upstream: UpstreamConnection | None = None  # the response being relayed
         self.task: asyncio.Task[None] | None = None
         self.streaming = False
+        self.raw = False  # the upstream's body bytes go to the client as they are
         self.finished = False
         self.provider = ""
         self.status = 0
@@ -99,10 +102,10 @@ class Exchange:
         self.response_headers: list[Header] = []
         self.overhead_s: float | None = None
         # references to body pieces (no copies) for usage accounting at the end
-        self.first_piece = b""
-        self.tail: list[bytes] = []
+        self.first_piece: bytes | memoryview = b""
+        self.tail: list[bytes | memoryview] = []
         self.tail_size = 0
-        self.collected: list[bytes] | None = None  # whole body, only for cache/chat log
+        self.collected: list[bytes | memoryview] | None = None  # whole body, only for cache/chat log
         self.collected_size = 0
         self.cache_key: bytes | None = None
         self.cache_status: bytes | None = None
@@ -155,9 +158,13 @@ class Exchange:
     def uncork(self) -> None:
         self.client.uncork()
 
-    def on_upstream_data(self, data: bytes) -> None:
-        self.bytes_out += len(data)
+    def on_upstream_raw(self, raw: Raw) -> None:
         if not self.draining:
+            self.client.write_raw(raw)
+
+    def on_upstream_data(self, data: bytes | memoryview) -> None:
+        self.bytes_out += len(data)
+        if not self.raw and not self.draining:
             self.client.send_body(data)
         if not self.first_piece:
             self.first_piece = data
@@ -182,7 +189,7 @@ class Exchange:
             self.usage = self._usage()
             self._finish("drained")
             return
-        self.client.send_end()
+        self.client.send_end(self.raw)
         self.usage = self._usage()
         cache = self.cfg.cache
         if cache is not None and self.cache_key is not None and self.collected is not None:
@@ -207,7 +214,8 @@ class Exchange:
         tail = b"".join(self.tail)
         found = extract_usage(tail) if tail else None
         if self.first_piece and (found is None or found[0] == 0):
-            head = extract_usage(self.first_piece + tail if len(self.first_piece) < 65536 else self.first_piece)
+            first = bytes(self.first_piece)
+            head = extract_usage(first + tail if len(first) < 65536 else first)
             if head is not None:
                 found = (head[0], found[1] if found else head[1])
         return found
@@ -349,7 +357,8 @@ class Exchange:
         client.peer = conn.flow  # a slow client pauses the upstream
         if not client.writable:
             conn.flow.pause_reading()
-        conn.stream_to(self)
+        self.raw = client.passes_raw(get_header(upstream_headers, b"transfer-encoding") is not None)
+        conn.stream_to(self, self.raw)
         client.uncork()
 
     # ---- on_disconnect = "drain" ---------------------------------------------

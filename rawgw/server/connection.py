@@ -16,9 +16,10 @@ import h11
 from h11._headers import Headers
 
 from rawgw.errors import REASONS, GatewayError
+from rawgw.http.body import CHUNKED, LENGTH, Raw
 from rawgw.http.date import http_date
 from rawgw.http.flow import FlowControl
-from rawgw.http.h11compat import trusted_response
+from rawgw.http.h11compat import body_sent_raw, trusted_response, writer_framing
 from rawgw.http.strict import ChunkLines, chunked_not_final, head_violation, valid_host
 from rawgw.http.tcp import set_nodelay
 
@@ -384,14 +385,35 @@ class ClientConnection(asyncio.Protocol):
         else:
             self.transport.write(data)
 
-    def send_body(self, data: bytes) -> None:
+    def send_body(self, data: bytes | memoryview) -> None:
         if self.closed or self.transport is None or self.head_request:
             return  # RFC 9110 §9.3.2: the answer to HEAD is the GET head, no body
-        pieces = self.h11.send_with_data_passthrough(h11.Data(data=data)) or []
+        pieces = self.h11.send_with_data_passthrough(h11.Data(data=data)) or []  # type: ignore[arg-type]
         if self.corked is not None:
             self.corked.extend(pieces)
         elif pieces:
             self.transport.writelines(pieces)
+
+    def passes_raw(self, upstream_chunked: bool) -> bool:
+        """After ``send_head``: whether the upstream body's own bytes are this response's
+        body bytes — the same Content-Length, or chunked to a chunked client (SPEC 8:
+        an HTTP/1.0 client or a close-delimited upstream needs h11's framing instead)."""
+        framing = writer_framing(self.h11)
+        return framing == LENGTH or (framing == CHUNKED and upstream_chunked)
+
+    def write_raw(self, raw: Raw) -> None:
+        """Body bytes already framed for this response (``passes_raw``), as they are."""
+        if self.closed or self.transport is None or self.head_request:
+            return
+        if type(raw) is list:
+            if self.corked is not None:
+                self.corked.extend(raw)
+            else:
+                self.transport.writelines(raw)
+        elif self.corked is not None:
+            self.corked.append(raw)  # type: ignore[arg-type]
+        else:
+            self.transport.write(raw)  # type: ignore[arg-type]
 
     def cork(self) -> None:
         """Gather the following writes (one response's head, body pieces, end) into one."""
@@ -405,11 +427,19 @@ class ClientConnection(asyncio.Protocol):
         if pending and self.transport is not None and not self.lingering and not self.transport.is_closing():
             self.transport.writelines(pending)
 
-    def send_end(self) -> None:
-        """Finish the response cleanly and move to the next request (keep-alive)."""
+    def send_end(self, raw: bool = False) -> None:
+        """Finish the response cleanly and move to the next request (keep-alive).
+
+        ``raw``: the whole body went out by ``write_raw``, its end included.
+        """
         if self.closed or self.transport is None:
             return
-        data = self.h11.send(h11.EndOfMessage())
+        if raw:
+            body_sent_raw(self.h11)
+            self.h11.send(h11.EndOfMessage())  # the upstream's last chunk already went out
+            data = None
+        else:
+            data = self.h11.send(h11.EndOfMessage())
         if data:
             if self.corked is not None:
                 self.corked.append(data)

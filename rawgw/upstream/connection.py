@@ -3,7 +3,11 @@
 An ``UpstreamConnection`` carries one exchange at a time. The response head is
 delivered through a future (the relay awaits it to decide on failover); after
 that, body bytes are pushed to the exchange's callbacks straight from
-``data_received`` — no task, queue or await per chunk.
+``data_received`` — no task, queue or await per chunk. h11 parses the head and
+decides the body's framing; the body itself is followed by ``rawgw.http.body``
+(counted, or chunk lines scanned) and never parsed by h11, so a chunked client can
+be given the upstream's reads as they are. h11's state machine is told where the
+body ended (``h11compat.finish_response``), so pooling stays h11's DONE/DONE rule.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from typing import Protocol, cast
 
 import h11
 
+from rawgw.http.body import BodyError, Raw, ResponseBody
 from rawgw.http.flow import FlowControl
+from rawgw.http.h11compat import finish_response, response_framing, take_received
 from rawgw.http.strict import has_control
 from rawgw.http.tcp import set_nodelay
 
@@ -35,7 +41,13 @@ class BodySink(Protocol):
 
     def uncork(self) -> None: ...
 
-    def on_upstream_data(self, data: bytes) -> None: ...
+    def on_upstream_data(self, data: bytes | memoryview) -> None:
+        """Body content (de-chunked): whole reads as bytes, parts of reads as memoryviews."""
+        ...
+
+    def on_upstream_raw(self, raw: Raw) -> None:
+        """With ``stream_to(raw=True)``: the bytes a client of the same framing gets."""
+        ...
 
     def on_upstream_end(self) -> None: ...
 
@@ -56,6 +68,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_waiter: asyncio.Future[h11.Response] | None = None
         self.sink: BodySink | None = None
         self.streaming = False  # body events go to the sink (after the relay took the head)
+        self.body: ResponseBody | None = None  # the body's framing, while streaming
+        self.framed = True  # the sink re-frames the payload (cork each read into one write)
+        self.eof = False  # the upstream half-closed
         self.closed = False
         self.flow = FlowControl()  # this socket's reading (paused by a slow client)
         self.peer: FlowControl | None = None  # the client's reading, paused by our write buffer
@@ -80,23 +95,53 @@ class UpstreamConnection(asyncio.Protocol):
             self.abort()
             return
         self.last_read = self.loop.time()
-        self.h11.receive_data(data)
-        sink = self.sink if self.streaming else None
-        if sink is None:
-            self._process()
+        if self.body is not None:
+            self._feed(data)
             return
-        # One read from upstream becomes one write to the client (data + chunk
-        # framing + a possible end), never split into several syscalls.
-        sink.cork()
+        self.h11.receive_data(data)
+        self._process()
+
+    def _feed(self, data: bytes) -> None:
+        body = self.body
+        sink = self.sink
+        assert body is not None and sink is not None
+        framed = self.framed
+        if framed:
+            # One read from upstream becomes one write to the client (data + chunk
+            # framing + a possible end), never split into several syscalls.
+            sink.cork()
         try:
-            self._process()
-        finally:
+            raw = body.feed(data, sink.on_upstream_data)
+        except BodyError as exc:
+            self._fail(UpstreamError("protocol", f"malformed upstream response: {exc}"))
+            if framed:
+                sink.uncork()
+            return
+        if raw is not None and not framed:
+            sink.on_upstream_raw(raw)
+        if body.done:
+            self._on_end()
+        if framed:
             sink.uncork()
 
+    def _body_eof(self) -> None:
+        body = self.body
+        assert body is not None
+        try:
+            body.eof()
+        except BodyError as exc:
+            self._fail(UpstreamError("reset", str(exc)))
+            return
+        self._on_end()
+
     def eof_received(self) -> bool:
+        self.eof = True
         if self.busy:
-            self.h11.receive_data(b"")
-            self._process()
+            if self.body is not None:
+                self._body_eof()
+            else:
+                self.h11.receive_data(b"")
+                self._process()
         self.closed = True
         return False
 
@@ -132,6 +177,7 @@ class UpstreamConnection(asyncio.Protocol):
             return fut
         self.busy = True
         self.streaming = False
+        self.body = None
         self.peer = None
         self.read_timeout = read_timeout
         self.head_waiter = self.loop.create_future()
@@ -159,14 +205,37 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.transport.write(self.h11.send(h11.EndOfMessage()) or b"")
 
-    def stream_to(self, sink: BodySink) -> None:
-        """The relay took the head: from now on body events go to ``sink``."""
+    def stream_to(self, sink: BodySink, raw: bool = False) -> None:
+        """The relay took the head: from now on the body goes to ``sink``.
+
+        ``raw``: the sink forwards the upstream's bytes (``on_upstream_raw``) to a client
+        whose framing is the upstream's; else it gets the content only.
+        """
         self.sink = sink
         self.streaming = True
         self.last_read = self.loop.time()
+        kind, length = response_framing(self.h11)
+        body = self.body = ResponseBody(kind, length, raw, self.max_header_bytes)
+        self.framed = not raw
+        # The start of the body arrived with the head: h11 holds it, we take it.
+        leftover = take_received(self.h11)
+        if leftover:
+            self._feed(leftover)
+        elif body.done:
+            self._on_end()
+        if self.body is not body:
+            # ended (or failed) already; a pooled connection reads again (idle check)
+            if not self.closed and self.transport is not None and not self.flow.read_paused:
+                self.transport.resume_reading()
+            return
+        if self.eof:
+            self._body_eof()
+            return
+        if self.closed:
+            self._fail(UpstreamError("reset", "upstream closed the connection"))
+            return
         self.silence_timer = self.loop.call_at(self.last_read + self.read_timeout, self._silence_check)
-        self._process()
-        if not self.closed and self.transport is not None and not self.flow.read_paused:
+        if self.transport is not None and not self.flow.read_paused:
             self.transport.resume_reading()
 
     def _process(self) -> None:
@@ -184,14 +253,8 @@ class UpstreamConnection(asyncio.Protocol):
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return
             etype = type(event)
-            if etype is h11.Data:
-                if self.sink is not None:
-                    self.sink.on_upstream_data(event.data)  # type: ignore[union-attr]
-            elif etype is h11.Response:
+            if etype is h11.Response:
                 self._on_head(event)  # type: ignore[arg-type]
-            elif etype is h11.EndOfMessage:
-                self._on_end()
-                return
             elif etype is h11.InformationalResponse:
                 continue  # SPEC 8: 1xx from upstream are consumed, not forwarded
             elif etype is h11.ConnectionClosed:
@@ -239,7 +302,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _on_end(self) -> None:
         sink = self.sink
+        body = self.body
         self.sink = None
+        self.body = None
         self.busy = False
         self.streaming = False
         self.head_waiter = None
@@ -249,7 +314,15 @@ class UpstreamConnection(asyncio.Protocol):
         # httpcore's rule, plus: the response ended exactly where its framing said.
         # Bytes h11 still holds (a second response in the same read, a body sent
         # to a HEAD) would be served to the next, unrelated client: close instead.
-        reusable = conn.our_state is h11.DONE and conn.their_state is h11.DONE and not self.closed and conn.trailing_data == (b"", False)
+        reusable = (
+            body is not None
+            and not body.extra
+            and not self.closed
+            and finish_response(conn)
+            and conn.our_state is h11.DONE
+            and conn.their_state is h11.DONE
+            and conn.trailing_data == (b"", False)
+        )
         if reusable:
             self.h11.start_next_cycle()
             self.on_done(self, True)
@@ -259,15 +332,14 @@ class UpstreamConnection(asyncio.Protocol):
             sink.on_upstream_end()
 
     def _fail(self, err: UpstreamError) -> None:
-        busy = self.busy
+        # Not only when busy: a body the relay took after the socket died is failed here.
         self.busy = False
         sink = self.sink
         self.sink = None
+        self.body = None
         waiter = self.head_waiter
         self.head_waiter = None
         self.abort()
-        if not busy:
-            return
         if waiter is not None and not waiter.done():
             waiter.set_exception(err)
         elif sink is not None:
@@ -310,6 +382,7 @@ class UpstreamConnection(asyncio.Protocol):
     def detach(self) -> None:
         """The client left or the relay gave up on this exchange: close, never reuse."""
         self.sink = None
+        self.body = None
         self.busy = False
         if self.head_waiter is not None and not self.head_waiter.done():
             self.head_waiter.cancel()

@@ -20,7 +20,7 @@ class BodyCollector:
 
     def __init__(self, limit: int = MAX_FETCH_BYTES) -> None:
         self.limit = limit
-        self.parts: list[bytes] = []
+        self.parts: list[bytes | memoryview] = []
         self.size = 0
         self.done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
 
@@ -30,13 +30,16 @@ class BodyCollector:
     def uncork(self) -> None:
         pass
 
-    def on_upstream_data(self, data: bytes) -> None:
+    def on_upstream_data(self, data: bytes | memoryview) -> None:
         self.size += len(data)
         if self.size > self.limit:
             if not self.done.done():
                 self.done.set_exception(UpstreamError("protocol", "upstream answer too large"))
             return
         self.parts.append(data)
+
+    def on_upstream_raw(self, raw: bytes | list[bytes]) -> None:
+        pass  # never asked for: stream_to(raw=False)
 
     def on_upstream_end(self) -> None:
         if not self.done.done():
