@@ -9,33 +9,29 @@ those bytes, once, when the response ends.
 
 from __future__ import annotations
 
+import re
+
 import orjson
 
 USAGE = b'"usage"'
 
 
+# Strings (escapes respected) and braces: the regex engine skips everything else, so
+# the Python loop runs per token, not per byte.
+_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[{}]', re.S)
+
+
 def _object_at(data: bytes, start: int) -> bytes | None:
     """The balanced JSON object starting at ``data[start] == '{'`` (strings respected)."""
     depth = 0
-    in_str = False
-    esc = False
-    for i in range(start, len(data)):
-        c = data[i]
-        if in_str:
-            if esc:
-                esc = False
-            elif c == 0x5C:
-                esc = True
-            elif c == 0x22:
-                in_str = False
-        elif c == 0x22:
-            in_str = True
-        elif c == 0x7B:
+    for m in _TOKENS.finditer(data, start):
+        c = data[m.start()]
+        if c == 0x7B:
             depth += 1
         elif c == 0x7D:
             depth -= 1
             if depth == 0:
-                return data[start : i + 1]
+                return data[start : m.end()]
     return None
 
 

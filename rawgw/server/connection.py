@@ -108,6 +108,9 @@ class ClientConnection(asyncio.Protocol):
             return  # RFC 9112 §9.6: read and discard until the client is quiet or closes
         if self.head_buf is not None and not self._scan_head(data):
             return
+        # A new head began while the keep-alive timer ran: the header timeout applies
+        # from now, unless the head is complete in this read (then no timer is needed).
+        head_begun = False
         if self.in_flight and self.request_done:
             # Pipelined bytes while we answer: keep reading (a FIN must still be
             # seen) but stop once the backlog is large.
@@ -115,7 +118,7 @@ class ClientConnection(asyncio.Protocol):
             if self.pipelined > PIPELINE_BUFFER_LIMIT:
                 self._pause_reading()
         elif not self.in_flight and self.timer is not None and not self._header_timer_armed:
-            self._arm_header_timer()
+            head_begun = True
         chunks = self.chunk_lines
         if chunks is not None and not chunks.done:
             problem = chunks.feed(data)
@@ -124,6 +127,15 @@ class ClientConnection(asyncio.Protocol):
                 return
         self.h11.receive_data(data)
         self._process()
+        if (
+            head_begun
+            and not self.in_flight
+            and not self.closed
+            and not self.lingering
+            and not self._header_timer_armed
+            and (self.head_buf or self._has_partial_request())
+        ):
+            self._arm_header_timer()
 
     def _scan_head(self, data: bytes | bytearray) -> bool:
         """Check the raw bytes of a request head h11 would accept too leniently."""
@@ -221,7 +233,9 @@ class ClientConnection(asyncio.Protocol):
                 return
 
     def _on_request(self, request: h11.Request) -> None:
-        self._cancel_timer()
+        if not self._keepalive_armed:
+            # a pending keep-alive timer stays: it ignores a connection in flight
+            self._cancel_timer()
         self.in_flight = True
         self.request_done = False
         self.response_done = False
@@ -319,6 +333,8 @@ class ClientConnection(asyncio.Protocol):
     # ---- timers -------------------------------------------------------------
 
     _header_timer_armed = False
+    _keepalive_armed = False
+    idle_deadline = 0.0
 
     def _arm_header_timer(self) -> None:
         self._cancel_timer()
@@ -326,15 +342,21 @@ class ClientConnection(asyncio.Protocol):
         self.timer = self.loop.call_later(self.config.header_timeout_s, self._header_timeout)
 
     def _arm_keepalive_timer(self) -> None:
+        # One handle per connection, re-armed lazily when it fires: no timer churn per
+        # request on a busy keep-alive connection (the handle fires early at most).
+        self.idle_deadline = self.loop.time() + self.config.keepalive_timeout_s
+        if self._keepalive_armed and self.timer is not None:
+            return
         self._cancel_timer()
-        self._header_timer_armed = False
-        self.timer = self.loop.call_later(self.config.keepalive_timeout_s, self._keepalive_timeout)
+        self._keepalive_armed = True
+        self.timer = self.loop.call_at(self.idle_deadline, self._keepalive_timeout)
 
     def _cancel_timer(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
         self._header_timer_armed = False
+        self._keepalive_armed = False
 
     def _header_timeout(self) -> None:
         # Slowloris: a head not complete in time gets 408 and the socket closes.
@@ -351,6 +373,13 @@ class ClientConnection(asyncio.Protocol):
 
     def _keepalive_timeout(self) -> None:
         self.timer = None
+        self._keepalive_armed = False
+        if self.in_flight or self.closed:
+            return
+        if self.loop.time() < self.idle_deadline:
+            self._keepalive_armed = True
+            self.timer = self.loop.call_at(self.idle_deadline, self._keepalive_timeout)
+            return
         if not self.in_flight:
             if self._has_partial_request():
                 self._write_error_and_close(408, "request head not received in time")
