@@ -1,7 +1,7 @@
 """A/B two rawgw source trees in one run: CPU µs per proxied request and req/s.
 
     git worktree add /tmp/before <commit>
-    python bench/ab.py --before /tmp/before --after . [--reps 3] [--duration 5]
+    python bench/ab.py --before /tmp/before --after . [--reps 3] [--duration 5] [--log]
 
 Both gateways run at once, each pinned to CPU 0 (the mock and the load client on
 CPU 1); the measurements are interleaved (before, after, before, ...) so machine
@@ -19,6 +19,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -71,13 +72,14 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--log", action="store_true", help="access and error logs on (to a temporary directory)")
     args = ap.parse_args()
     mock, mport = start([sys.executable, str(BENCH / "mock_upstream.py"), "--port", "0"], str(BENCH), 1)
     cfg = Path("/tmp/rawgw-ab.toml")
     cfg.write_text(
         f'[server]\nport = 0\n[[keys]]\nkey = "bench-key"\nname = "bench"\n[providers.mock]\ntype = "openai"\n'
         f'base_url = "http://127.0.0.1:{mport}/v1"\nkeys = ["sk-bench-upstream"]\nmax_connections = 1024\n'
-        "[logging]\naccess = false\nerrors = false\n"
+        + (f'[logging]\ndir = "{tempfile.mkdtemp(prefix="rawgw-ab-")}"\naccess = true\nerrors = true\n' if args.log else "[logging]\naccess = false\nerrors = false\n")
     )
     trees = {"before": args.before, "after": args.after}
     gws = {name: start([sys.executable, "-m", "rawgw", "serve", "-c", str(cfg), "--log-level", "warning"], tree, 0) for name, tree in trees.items()}
