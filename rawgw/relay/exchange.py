@@ -3,8 +3,10 @@
 Before the first response byte goes to the client, an ``Exchange`` runs as one
 task: plan, cache, the attempt chain (``relay.attempts``). Once a head is
 accepted, the body flows by callbacks only — ``UpstreamConnection.data_received``
-→ ``on_upstream_data`` → ``ClientConnection.send_body`` → ``transport.writelines``
-— with no task, queue, copy or parse per chunk. The end builds one
+→ ``ResponseBody.feed`` (framing followed, ``rawgw.http.body``) → ``on_upstream_raw``
+→ ``ClientConnection.write_raw`` → ``transport.write`` of the very bytes read (or, when
+the client's framing differs, ``on_upstream_data`` → ``send_body``: h11 frames the
+content) — with no task, queue, copy or parse per chunk. The end builds one
 ``RequestRecord`` for ``observe/``.
 """
 
