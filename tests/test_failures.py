@@ -163,6 +163,44 @@ async def test_upstream_http10_body_forwarded_chunked(gateway: Gateway, mock_ups
     assert_wire_invariants(r)
 
 
+# --------------------------------------------------------------------------- upstream chunk lines
+# rawgw no longer patches h11's chunk reader (rawgw/http/strict.py says why the
+# upstream leg does not need ChunkLines); these prove the upstream leg stays strict
+# where it matters. The client leg's refusals are in test_request_framing.py.
+
+CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+async def test_upstream_chunk_lines_never_reach_the_client(gateway: Gateway, mock_upstream: MockUpstream) -> None:
+    """Sizes with 17 digits, extensions, odd spacing: h11 reads them; the client only
+    ever gets the gateway's own minimal framing, and the upstream connection is reused."""
+    odd = b"00000000000000005;x=1\r\nhello\r\n00000007;ext[odd \r\n world!\r\n0\r\n\r\n"
+    mock_upstream.enqueue(Raw(CHUNKED_HEAD + odd, then="keep"))
+    async with await raw_connection(gateway.port) as c:
+        await c.send(chat_request(STREAM_BODY))
+        first_response = await c.read_response(timeout=5)
+        data = bytes(c.received)
+        r = await c.request(chat_request())
+    assert first_response.complete and first_response.body == b"hello world!"
+    assert data.split(b"\r\n\r\n", 1)[1] == b"5\r\nhello\r\n7\r\n world!\r\n0\r\n\r\n"
+    assert r.status == 200
+    first, second = mock_upstream.requests
+    assert second.conn is first.conn  # the response ended where its framing said: reusable
+
+
+@pytest.mark.parametrize("line", [b"zz", b"-5", b"5 5", b"0x5"])
+async def test_malformed_upstream_chunk_line_truncates_and_closes(gateway: Gateway, mock_upstream: MockUpstream, line: bytes) -> None:
+    mock_upstream.enqueue(Raw(CHUNKED_HEAD + b"9\r\ndata: 1\n\n\r\n" + line + b"\r\nSECRT\r\n0\r\n\r\n", then="hang"))
+    async with await raw_connection(gateway.port) as c:
+        await c.send(chat_request(STREAM_BODY))
+        data = await c.read_until_close(timeout=5)
+    r = parse_response(data, eof=True)
+    assert r.status == 200 and r.chunked and not r.complete
+    assert r.body == b"data: 1\n\n" and b"SECRT" not in data
+    (req,) = mock_upstream.requests
+    await mock_upstream.wait_peer_closed(req.conn, timeout=2)  # never back in the pool
+
+
 # --------------------------------------------------------------------------- after the head
 
 

@@ -13,12 +13,11 @@ import logging
 from typing import TYPE_CHECKING, Protocol, cast
 
 import h11
-from h11._headers import Headers
 
 from rawgw.errors import REASONS, GatewayError
 from rawgw.http.date import http_date
 from rawgw.http.flow import FlowControl
-from rawgw.http.h11compat import trusted_response
+from rawgw.http.h11compat import full_items, replace_headers, replace_target, trusted_response
 from rawgw.http.strict import ChunkLines, chunked_not_final, head_violation, valid_host
 from rawgw.http.tcp import set_nodelay
 
@@ -241,8 +240,7 @@ class ClientConnection(asyncio.Protocol):
         if underscore:
             # As nginx does (underscores_in_headers off): a name with "_" may be read as
             # the "-" one by a back end (Transfer_Encoding), so such fields are dropped.
-            kept = [item for item in _full_items(request) if b"_" not in item[1]]
-            object.__setattr__(request, "headers", Headers(kept))
+            replace_headers(request, [item for item in full_items(request) if b"_" not in item[1]])
         if chunked:
             chunks = self.chunk_lines = ChunkLines(self.config.max_header_bytes)
             problem = chunks.feed(self.h11.trailing_data[0])
@@ -271,7 +269,7 @@ class ClientConnection(asyncio.Protocol):
         local = f"{sockname[0]}:{sockname[1]}".encode() if sockname else b""
         if authority.lower() not in (host, local):
             return GatewayError(400, "absolute-form target names another host: rawgw is not a forward proxy", close=True)
-        object.__setattr__(request, "target", b"/" + path if slash else b"/")
+        replace_target(request, b"/" + path if slash else b"/")
         return None
 
     def _on_body(self, data: bytes) -> None:
@@ -595,7 +593,7 @@ def check_request_framing(request: h11.Request, max_body_bytes: int) -> tuple[Ga
     """
     te = cl = host = None
     underscore = False
-    for _, name, value in _full_items(request):
+    for _, name, value in full_items(request):
         if name == b"transfer-encoding":
             te = value
         elif name == b"content-length":
@@ -617,8 +615,3 @@ def check_request_framing(request: h11.Request, max_body_bytes: int) -> tuple[Ga
         return GatewayError(413, f"request body exceeds {max_body_bytes} bytes", close=True), underscore, False
     return None, underscore, te is not None
 
-
-def _full_items(request: h11.Request) -> list[tuple[bytes, bytes, bytes]]:
-    """h11's (raw name, lowercase name, value) list: no Sequence iteration in Python."""
-    items = getattr(request.headers, "_full_items", None)
-    return items if items is not None else [(n, n, v) for n, v in request.headers]
