@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from conftest import chat_body, wait_until
 from ops_helpers import scrape
 
 
@@ -56,7 +56,8 @@ async def gauges(port: int) -> dict[str, float]:
 
 
 def stream_body(model: str = "m") -> bytes:
-    return json.dumps({"model": model, "stream": True, "messages": [{"role": "user", "content": "hi"}]}, separators=(",", ":")).encode()
+    """A compact streaming chat body (conftest.chat_body, the one body builder)."""
+    return chat_body(model, stream=True)
 
 
 def sse_pieces(n: int, size: int = 100) -> list[bytes]:
@@ -146,14 +147,8 @@ class RawUpstream:
 
 
 async def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(interval)
+    """The old name of conftest.wait_until (the one poller)."""
+    return await wait_until(pred, timeout, what, interval)
 
 
 async def small_window_connection(port: int, rcvbuf: int = 32768, timeout: float = 5.0) -> Any:

@@ -8,12 +8,11 @@ get ``ups``: three started MockUpstreams, closed after the test.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 import pytest
-from conftest import GW_KEY, Gateway, Response, free_port
+from conftest import GW_KEY, Gateway, Response, chat_body, free_port
 from mock_upstream import Json, MockUpstream, RecordedRequest
 from ops_helpers import call as call_port
 
@@ -90,10 +89,8 @@ def cfg(
 
 
 def chat(model: str, **fields: Any) -> bytes:
-    """A compact chat body (json.dumps default separators, so ", " and ": ")."""
-    doc: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
-    doc.update(fields)
-    return json.dumps(doc).encode()
+    """A chat body with json.dumps' default separators (", " and ": "): conftest.chat_body."""
+    return chat_body(model, compact=False, **fields)
 
 
 async def call(gw: Gateway, body: bytes | None = None, **kwargs: Any) -> Response:

@@ -7,6 +7,7 @@ import time
 
 import pytest
 from conftest import (
+    STREAM_BODY,
     Gateway,
     StartGateway,
     assert_gateway_error,
@@ -27,9 +28,6 @@ from mock_upstream import (
     Sse,
     Stall,
 )
-
-STREAM_BODY = b'{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}'
-
 
 # --------------------------------------------------------------------------- before the head
 

@@ -54,7 +54,7 @@ def test_rawgw_does_not_patch_h11() -> None:
     """
     import h11._readers as readers
 
-    import rawgw.http.strict  # noqa: F401  (the module that used to patch h11)
+    import rawgw.http.strict
     import rawgw.server.connection  # noqa: F401
 
     assert b"{1,20}" in readers.chunk_header_re.pattern, readers.chunk_header_re.pattern

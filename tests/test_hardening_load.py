@@ -7,12 +7,11 @@ cases are in test_signals_workers.py."""
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import signal
 import time
 
-from conftest import StartGateway, base_config, chat_request, raw_connection
+from conftest import StartGateway, base_config, chat_body, chat_request, raw_connection
 from hardening_helpers import fd_count, gauges, rss_kb, sse_pieces, stream_body
 from mock_upstream import (
     CloseWithoutResponse,
@@ -25,10 +24,7 @@ from mock_upstream import (
 
 
 def kind_body(kind: str, stream: bool = False) -> bytes:
-    doc = {"model": "m", "messages": [{"role": "user", "content": kind}]}
-    if stream:
-        doc["stream"] = True
-    return json.dumps(doc, separators=(",", ":")).encode()
+    return chat_body(content=kind, **({"stream": True} if stream else {}))
 
 
 def mixed_handler(req: RecordedRequest) -> object:
