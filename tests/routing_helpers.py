@@ -131,7 +131,8 @@ async def health_keys(gw: Gateway, provider: str) -> list[dict[str, Any]]:
 
 
 async def settle(seconds: float = 0.15) -> None:
-    """Give a gateway time to (wrongly) contact an upstream before asserting it did not."""
+    """A sleep, kept for old callers only: wait for a fact instead, ops_helpers.recorded
+    (the request's access-log line, written after its last upstream attempt)."""
     await asyncio.sleep(seconds)
 
 
