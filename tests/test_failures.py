@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
@@ -28,6 +27,7 @@ from mock_upstream import (
     Sse,
     Stall,
 )
+from ops_helpers import jsonl_records
 
 # --------------------------------------------------------------------------- before the head
 
@@ -129,6 +129,7 @@ async def test_hostile_upstream_response_502(gateway: Gateway, mock_upstream: Mo
         r = await c.request(chat_request(), timeout=8)
     assert_gateway_error(r, 502)
     assert b"SECRT" not in r.raw_head + r.body, "nothing of it is forwarded"
+    assert mock_upstream.requests, "the request did reach the hostile upstream"
     for req in mock_upstream.requests:
         await mock_upstream.wait_peer_closed(req.conn, timeout=2)  # that connection closed
 
@@ -292,8 +293,7 @@ async def test_client_disconnect_while_upstream_stalls_closes_upstream(
     c = await raw_connection(gateway.port)
     try:
         await c.send(chat_request())
-        (req,) = await mock_upstream.wait_for_requests(1, timeout=5)
-        await asyncio.sleep(0.1)
+        (req,) = await mock_upstream.wait_for_requests(1, timeout=5)  # the gateway awaits its head
         t0 = time.monotonic()
         c.close() if how == "close" else c.abort()
         t_closed = await mock_upstream.wait_peer_closed(req.conn, timeout=3)
@@ -317,14 +317,19 @@ async def test_disconnected_upstream_connection_not_reused(gateway: Gateway, moc
 
 
 async def test_client_disconnect_mid_request_body(gateway: Gateway, mock_upstream: MockUpstream) -> None:
-    full = chat_request(b'{"model":"m","messages":[{"role":"user","content":"' + b"x" * 5000 + b'"}]}')
+    full = chat_request(
+        b'{"model":"m","messages":[{"role":"user","content":"' + b"x" * 5000 + b'"}]}', headers=[("Expect", "100-continue")]
+    )
     c = await raw_connection(gateway.port)
-    await c.send(full[: len(full) - 3000])
-    await asyncio.sleep(0.2)
-    t0 = time.monotonic()
+    head, body = full.split(b"\r\n\r\n", 1)
+    await c.send(head + b"\r\n\r\n")
+    await c.read_until(b"HTTP/1.1 100 Continue\r\n\r\n", timeout=5)  # the gateway took the head
+    await c.send(body[:2000])
     c.abort()
-    await asyncio.sleep(0.3)
-    assert mock_upstream.requests == [], "an incomplete request is not forwarded whole"
-    for conn in mock_upstream.connections:
-        t_closed = await mock_upstream.wait_peer_closed(conn, timeout=2)
-        assert t_closed - t0 < 1.0
+    # barrier: the exchange ended and was recorded as the client's doing, before any attempt
+    recs = await jsonl_records(gateway.logs_dir / "access.jsonl", lambda rs: any(r["status"] == 499 for r in rs))
+    (rec,) = [r for r in recs if r["path"] == "/v1/chat/completions"]
+    assert (rec["status"], rec["outcome"], rec["attempts"]) == (499, "client_closed", 0), rec
+    assert mock_upstream.requests == [] and mock_upstream.connections == [], "an incomplete request is not forwarded"
+    async with await raw_connection(gateway.port) as c2:
+        assert (await c2.request(chat_request())).status == 200
