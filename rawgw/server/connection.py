@@ -76,8 +76,8 @@ class ClientConnection(asyncio.Protocol):
         self.peer: FlowControl | None = None  # the upstream's reading, paused by our write buffer
         self.closed = False
         self.draining = False  # server shutting down: close after the current response
-        self.request_done = False  # the current request's body fully received
-        self.response_done = False
+        # Whether the current request / response is complete is h11's own state
+        # (request_done / response_done below), not a flag of ours.
         self.in_flight = False  # a request head was received and not fully answered
         self.pipelined = 0
         self.body_seen = 0
@@ -207,7 +207,6 @@ class ClientConnection(asyncio.Protocol):
             elif etype is h11.Request:
                 self._on_request(event)  # type: ignore[arg-type]
             elif etype is h11.EndOfMessage:
-                self.request_done = True
                 self.chunk_lines = None
                 if self.sink is not None:
                     self.sink.on_body_end()
@@ -221,8 +220,6 @@ class ClientConnection(asyncio.Protocol):
     def _on_request(self, request: h11.Request) -> None:
         self._cancel_timer()
         self.in_flight = True
-        self.request_done = False
-        self.response_done = False
         self.pipelined = 0
         self.body_seen = 0
         self.last_head = None
@@ -357,6 +354,16 @@ class ClientConnection(asyncio.Protocol):
     # ---- writing responses --------------------------------------------------
 
     @property
+    def request_done(self) -> bool:
+        """The current request's body was fully received (h11 saw its end)."""
+        return self.h11.their_state in _ENDED
+
+    @property
+    def response_done(self) -> bool:
+        """The current response was sent to its end."""
+        return self.h11.our_state in _ENDED
+
+    @property
     def response_started(self) -> bool:
         return self.h11.our_state is not h11.SEND_RESPONSE and self.in_flight
 
@@ -413,7 +420,6 @@ class ClientConnection(asyncio.Protocol):
                 self.corked.append(data)
             else:
                 self.transport.write(data)
-        self.response_done = True
         self.sink = None
         if self.h11.our_state is h11.MUST_CLOSE:
             # Connection: close (HTTP/1.0 client, refused framing, draining).
@@ -477,13 +483,11 @@ class ClientConnection(asyncio.Protocol):
     # ---- keep-alive cycle ---------------------------------------------------
 
     def _maybe_cycle(self) -> None:
-        if not (self.request_done and self.response_done):
-            return
-        if self.h11.our_state is h11.MUST_CLOSE or self.h11.their_state is h11.MUST_CLOSE or self.draining:
-            self.close()
-            return
-        if self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:
-            self.close()
+        ours, theirs = self.h11.our_state, self.h11.their_state
+        if ours not in _ENDED or theirs not in _ENDED:
+            return  # one side of the exchange is still under way
+        if ours is not h11.DONE or theirs is not h11.DONE or self.draining:
+            self.close()  # MUST_CLOSE on either side (Connection: close, HTTP/1.0), or shutdown
             return
         self.h11.start_next_cycle()
         self.in_flight = False
@@ -584,6 +588,10 @@ class ClientConnection(asyncio.Protocol):
         self.draining = True
         if not self.in_flight:
             self.close()
+
+
+# h11 states in which one side's message is complete.
+_ENDED = frozenset((h11.DONE, h11.MUST_CLOSE))
 
 
 def check_request_framing(request: h11.Request, max_body_bytes: int) -> tuple[GatewayError | None, bool, bool]:
