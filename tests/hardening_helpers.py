@@ -91,7 +91,8 @@ class RawUpstream:
     """An upstream whose every connection runs ``script(reader, writer, record)`` after
     the request head (and a Content-Length body) was read; then it waits for the peer
     to close and records when (``record.peer_closed_at``). Used for what MockUpstream
-    cannot do, such as a real TCP half-close (``writer.write_eof()``) that keeps reading."""
+    cannot do. Kept for old callers: MockUpstream (the one mock upstream) now does the
+    half-close this was written for, ``Raw(data, then="half_close")``."""
 
     def __init__(self, script: Script) -> None:
         self.script = script
