@@ -483,9 +483,13 @@ class ClientConnection(asyncio.Protocol):
     # ---- keep-alive cycle ---------------------------------------------------
 
     def _maybe_cycle(self) -> None:
-        ours, theirs = self.h11.our_state, self.h11.their_state
-        if ours not in _ENDED or theirs not in _ENDED:
-            return  # one side of the exchange is still under way
+        conn = self.h11
+        ours = conn.our_state
+        if ours not in _ENDED:
+            return  # the response is still under way (the usual case at the request's end)
+        theirs = conn.their_state
+        if theirs not in _ENDED:
+            return  # the rest of the request body is still to come
         if ours is not h11.DONE or theirs is not h11.DONE or self.draining:
             self.close()  # MUST_CLOSE on either side (Connection: close, HTTP/1.0), or shutdown
             return
