@@ -83,11 +83,18 @@ async def settled(port: int, pid: int, timeout: float = 6.0) -> dict[str, float]
     """Gauges once nothing is in flight: no stream, no busy upstream connection, only
     the scraping client connection."""
 
-    async def quiet() -> dict[str, float] | None:
-        g = await gauges(port)
-        return g if g["active_streams"] == 0 and g["pool_open"] == g["pool_idle"] and g["open_connections"] == 1 else None
+    seen: list[dict[str, float]] = []
 
-    g: dict[str, float] = await wait_until(quiet, timeout, "the gateway to settle (no stream, no busy upstream connection)", 0.1)
+    async def quiet() -> bool:
+        seen.append(await gauges(port))
+        g = seen[-1]
+        return g["active_streams"] == 0 and g["pool_open"] == g["pool_idle"] and g["open_connections"] == 1
+
+    try:
+        await wait_until(quiet, timeout, "the gateway to settle", 0.1)
+    except AssertionError:
+        raise AssertionError(f"the gateway never settled: {seen[-1]}") from None
+    g = seen[-1]
     g["proc_fds"] = fd_count(pid)
     return g
 
