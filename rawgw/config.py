@@ -12,6 +12,7 @@ warnings name the field and, at most, the masked key (:func:`mask_key`).
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import os
 import re
@@ -45,6 +46,7 @@ __all__ = [
     "find_config_path",
     "load_config",
     "mask_key",
+    "mask_keys",
     "parse_config",
     "read_toml",
 ]
@@ -149,6 +151,11 @@ class LoggingConfig:
     chat: bool = False
     chat_file_limit: int = 15
     errors: bool = True
+    # access.jsonl / errors.jsonl (and admin.jsonl) are rotated before a write would take
+    # them past max_bytes (0: never; external logrotate + SIGHUP instead), keeping
+    # `backups` older files NAME.1 (newest) … NAME.<backups>.
+    max_bytes: int = 104_857_600
+    backups: int = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +258,16 @@ def mask_key(key: str) -> str:
     return f"{prefix}…{key[-4:]}"
 
 
+def mask_keys(keys: Iterable[str]) -> list[str]:
+    """:func:`mask_key` of each key of a pool, told apart by their index where two masks
+    would look the same (``keys[0] sk-or-…-key``, ``keys[1] sk-or-…-key``)."""
+    masks = [mask_key(k) for k in keys]
+    seen: dict[str, int] = {}
+    for m in masks:
+        seen[m] = seen.get(m, 0) + 1
+    return [f"keys[{i}] {m}" if seen[m] > 1 else m for i, m in enumerate(masks)]
+
+
 def find_config_path(cli_path: str | None) -> str | None:
     """``-c`` wins, then ``$RAWGW_CONFIG``, then ``./gateway.toml`` if it exists.
 
@@ -291,9 +308,33 @@ def read_toml(path: str) -> dict[str, Any]:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
+        other = _other_format(path, text)
+        if other:
+            raise ConfigError([f"{path}: {other}, not TOML; convert it with `rawgw import {path}`"]) from None
         # tomllib's messages carry a position, never the offending value.
         raise ConfigError([f"{path}: TOML syntax error: {exc}"]) from None
     return data
+
+
+_YAML_LINE: Final = re.compile(r"(---|[A-Za-z_][\w.-]*:(\s|$)|- )")
+_ENV_LINE: Final = re.compile(r"(export\s+)?[A-Z_][A-Z0-9_]*=")  # .env names are upper case; ours are not
+
+
+def _other_format(path: str, text: str) -> str:
+    """What a file that is not TOML looks like, when it is one `rawgw import` reads
+    (the other gateways' JSON, YAML and .env files); "" when it looks like broken TOML."""
+    try:
+        json.loads(text)
+        return "a JSON file"
+    except ValueError:
+        pass
+    name = os.path.basename(path).lower()
+    first = next((line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")), "")
+    if name.endswith((".yaml", ".yml")) or _YAML_LINE.match(first):
+        return "a YAML file"
+    if name.endswith(".env") or name.startswith(".env") or _ENV_LINE.match(first):
+        return "a .env file"
+    return ""
 
 
 def parse_config(data: dict[str, Any], env: Mapping[str, str] | None = None, path: str | None = None) -> Config:
@@ -320,7 +361,7 @@ _PROVIDER_FIELDS: Final = (
     "max_connections", "proxy", "headers",
 )  # fmt: skip
 _ROUTE_FIELDS: Final = ("match", "model", "providers", "provider_order", "force_provider_order", "provider_models")
-_LOGGING_FIELDS: Final = ("dir", "access", "chat", "chat_file_limit", "errors")
+_LOGGING_FIELDS: Final = ("dir", "access", "chat", "chat_file_limit", "errors", "max_bytes", "backups")
 _CACHE_FIELDS: Final = ("enabled", "ttl_s", "max_entries")
 _STATE_FIELDS: Final = ("url", "prefix", "timeout_ms")
 _METRICS_FIELDS: Final = ("enabled",)
@@ -331,6 +372,7 @@ _GITHUB_FIELDS: Final = (
 _KEY_DEFAULT_FIELDS: Final = ("providers", "models", "rate_limit_rpm", "rate_limit_burst")
 
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_LIST_SEPARATORS: Final = re.compile(r"[,\s]+")
 _PROVIDER_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # RFC 9110 §5.6.2: a field name is a token.
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -431,21 +473,50 @@ class _Parser:
         if isinstance(value, str):
             if not value.startswith(ENV_PREFIX):
                 return value
-            name = value[len(ENV_PREFIX) :]
-            if not _ENV_NAME.fullmatch(name):
-                self.error(path, "invalid env: reference (expected env:NAME, NAME of letters, digits, _)")
-                return _UNRESOLVED
-            resolved = self.env.get(name)
-            if resolved is None:
-                self.error(path, f"environment variable {name} is not set")
-                return _UNRESOLVED
-            self.from_env.add(path)
+            resolved = self.env_value(value, path)
+            if resolved is not _UNRESOLVED:
+                self.from_env.add(path)
             return resolved
         if isinstance(value, dict):
             return {k: self.resolve(v, _join(path, k)) for k, v in value.items()}
         if isinstance(value, list):
-            return [self.resolve(v, f"{path}[{i}]") for i, v in enumerate(value)]
+            return self.resolve_list(value, path)
         return value
+
+    def env_value(self, ref: str, path: str) -> str | _Unresolved:
+        name = ref[len(ENV_PREFIX) :]
+        if not _ENV_NAME.fullmatch(name):
+            self.error(path, "invalid env: reference (expected env:NAME, NAME of letters, digits, _)")
+            return _UNRESOLVED
+        resolved = self.env.get(name)
+        if resolved is None:
+            self.error(path, f"environment variable {name} is not set")
+            return _UNRESOLVED
+        return resolved
+
+    def resolve_list(self, items: list[Any], path: str) -> list[Any]:
+        """An ``env:NAME`` entry of a list becomes as many entries as NAME holds, split on
+        commas and whitespace (``OPENROUTER_KEYS=k1,k2`` as the key-rotating proxy took
+        it): one variable never turns silently into one wrong value ``k1,k2``. Scalars
+        never split. Errors name the entry as written; later checks, the expanded list."""
+        out: list[Any] = []
+        for i, item in enumerate(items):
+            if not (isinstance(item, str) and item.startswith(ENV_PREFIX)):
+                out.append(self.resolve(item, f"{path}[{i}]"))
+                continue
+            resolved = self.env_value(item, f"{path}[{i}]")
+            if isinstance(resolved, _Unresolved):
+                out.append(resolved)
+                continue
+            parts = [p for p in _LIST_SEPARATORS.split(resolved) if p]
+            if not parts:
+                self.error(f"{path}[{i}]", f"environment variable {item[len(ENV_PREFIX) :]} is empty")
+                out.append(_UNRESOLVED)
+                continue
+            for part in parts:
+                self.from_env.add(f"{path}[{len(out)}]")
+                out.append(part)
+        return out
 
     def table(self, parent: Mapping[str, Any], name: str, path: str, known: tuple[str, ...]) -> _Table:
         raw = parent.get(name, _ABSENT)
@@ -839,6 +910,8 @@ class _Parser:
             chat=t.get_bool("chat", d.chat),
             chat_file_limit=t.get_int("chat_file_limit", d.chat_file_limit, lo=1),
             errors=t.get_bool("errors", d.errors),
+            max_bytes=t.get_int("max_bytes", d.max_bytes, lo=0),
+            backups=t.get_int("backups", d.backups, lo=0),
         )
 
     def state(self, t: _Table) -> StateConfig:

@@ -31,6 +31,7 @@ from rawgw.config import (
     ConfigError,
     find_config_path,
     mask_key,
+    mask_keys,
     parse_config,
 )
 from rawgw.configfile import load_config
@@ -80,7 +81,7 @@ def summarize(config: Config) -> list[str]:
     lines.append(f"providers ({len(config.providers)}):")
     for p in config.providers.values():
         lines.append(f"  {p.name}: type {p.type}, {p.base_url}, priority {p.priority}, key_strategy {p.key_strategy}")
-        lines.append(f"    keys ({len(p.keys)}): " + ", ".join(mask_key(k) for k in p.keys))
+        lines.append(f"    keys ({len(p.keys)}): " + ", ".join(mask_keys(p.keys)))
         lines.append("    models: " + _list(p.models, "none"))
         if p.proxy:
             lines.append("    proxy: configured")
@@ -103,7 +104,8 @@ def summarize(config: Config) -> list[str]:
     log = config.logging
     lines.append(
         f"logging: dir {log.dir}, access {_onoff(log.access)}, chat {_onoff(log.chat)} "
-        f"(keep {log.chat_file_limit}), errors {_onoff(log.errors)}"
+        f"(keep {log.chat_file_limit}), errors {_onoff(log.errors)}, "
+        + (f"rotated at {log.max_bytes} bytes (keep {log.backups})" if log.max_bytes else "never rotated (max_bytes 0)")
     )
     cache = config.cache
     lines.append(f"cache: {_onoff(cache.enabled)}" + (f" (ttl {cache.ttl_s:g} s, {cache.max_entries} entries)" if cache.enabled else ""))

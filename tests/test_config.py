@@ -25,6 +25,7 @@ from rawgw.config import (
     find_config_path,
     load_config,
     mask_key,
+    mask_keys,
     parse_config,
 )
 
@@ -283,6 +284,47 @@ def test_env_value_is_type_checked_after_resolution() -> None:
     ]
 
 
+@pytest.mark.parametrize("value", [f"{OR_KEY_1},{OR_KEY_2}", f"{OR_KEY_1} {OR_KEY_2}", f" {OR_KEY_1},\n {OR_KEY_2},"])
+def test_env_list_entry_splits_on_commas_and_whitespace(value: str) -> None:
+    """Issue 10.6: keys = ["env:OPENROUTER_KEYS"] with OPENROUTER_KEYS="a,b" or "a b" is two
+    keys (as the key-rotating proxy read that variable), never one key "a,b"."""
+    doc = {"keys": [{"key": "env:GW"}], "providers": {"openrouter": {"keys": ["env:OPENROUTER_KEYS", "env:OR1"]}}}
+    cfg = parse_config(doc, {"OPENROUTER_KEYS": value, "OR1": OR_KEY_1, "GW": GW_KEY})
+    assert cfg.providers["openrouter"].keys == (OR_KEY_1, OR_KEY_2, OR_KEY_1)
+    # every piece came from the environment: no "literal secret" warning for any of them
+    assert [w for w in cfg.warnings if "literal" in w] == []
+    assert cfg.warnings == ("providers.openrouter.keys[2]: same key as keys[0]; a pool rotates over distinct keys",)
+
+
+def test_env_list_split_applies_to_every_string_list_but_never_to_a_scalar() -> None:
+    doc = toml_doc(
+        """
+        [server]
+        cors_origins = ["env:ORIGINS"]
+        [[keys]]
+        key = "env:GWS"
+        models = ["env:MODELS", "gpt-4*"]
+        [providers.openrouter]
+        keys = ["env:OR1"]
+        """
+    )
+    env = {**ENV, "ORIGINS": "https://a.example, https://b.example", "MODELS": "claude-* deepseek/*", "GWS": "gw-one-0123456789,gw-two-0123456789"}
+    env["GWS"] = GW_KEY
+    cfg = parse_config(doc, env)
+    assert cfg.server.cors_origins == ("https://a.example", "https://b.example")
+    assert cfg.keys[0].models == ("claude-*", "deepseek/*", "gpt-4*")
+    # a scalar holding commas or spaces is one value, checked as one
+    env["GWS"] = "gw,with,commas"
+    assert parse_config(doc, env).keys[0].key == "gw,with,commas"
+    env["GWS"] = "gw-one-0123456789 gw-two-0123456789"
+    assert errors_of(doc, env) == ["keys[0].key: must be visible ASCII without spaces or control characters"]
+
+
+def test_env_list_entry_empty_is_an_error_naming_it() -> None:
+    errs = errors_of({"providers": {"openrouter": {"keys": ["env:OPENROUTER_KEYS"]}}}, {"OPENROUTER_KEYS": " , "})
+    assert errs == ["providers.openrouter.keys[0]: environment variable OPENROUTER_KEYS is empty"]
+
+
 def test_invalid_env_reference() -> None:
     errs = errors_of({"providers": {"openrouter": {"keys": ["env:"]}}})
     assert len(errs) == 1 and errs[0].startswith("providers.openrouter.keys[0]: invalid env: reference")
@@ -328,7 +370,9 @@ ERROR_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("pool empty", {"providers": {"openrouter": {"keys": []}}}, "providers.openrouter.keys: empty key pool; add at least one key"),
     ("pool missing", {"providers": {"openrouter": {}}}, 'providers.openrouter.keys: required: a pool of at least one key, e.g. ["env:NAME"]'),
     ("pool str", {"providers": {"openrouter": {"keys": "env:OR1"}}}, "providers.openrouter.keys: must be a list of strings"),
-    ("pool key newline", {"providers": {"openrouter": {"keys": ["env:NL"]}}}, "providers.openrouter.keys[0]: must be visible ASCII without spaces or control characters"),
+    # a list entry from env: splits on whitespace (a pasted newline just ends the key); a scalar never does
+    ("gateway key newline", minimal(keys=[{"key": "env:NL"}]), "keys[0].key: must be visible ASCII without spaces or control characters"),
+    ("pool key control", {"providers": {"openrouter": {"keys": ["env:CTL"]}}}, "providers.openrouter.keys[0]: must be visible ASCII without spaces or control characters"),
     ("strategy", minimal(providers={"openrouter": {"keys": ["env:OR1"], "key_strategy": "rr"}}), "providers.openrouter.key_strategy: must be one of round-robin, first, random"),
     ("cooldown", minimal(providers={"openrouter": {"keys": ["env:OR1"], "cooldown_s": -5}}), "providers.openrouter.cooldown_s: must be a number of seconds >= 0"),
     ("connect", minimal(providers={"openrouter": {"keys": ["env:OR1"], "connect_timeout_s": 0}}), "providers.openrouter.connect_timeout_s: must be a number of seconds > 0"),
@@ -375,7 +419,7 @@ ERROR_CASES: list[tuple[str, dict[str, Any], str]] = [
 
 @pytest.mark.parametrize(("doc", "expected"), [c[1:] for c in ERROR_CASES], ids=[c[0] for c in ERROR_CASES])
 def test_error_message(doc: dict[str, Any], expected: str) -> None:
-    errs = errors_of(doc, {**ENV, "NL": OR_KEY_1 + "\n"})
+    errs = errors_of(doc, {**ENV, "NL": OR_KEY_1 + "\n", "CTL": OR_KEY_1 + "\x01x"})
     assert expected in errs
     assert len(errs) == 1, errs
 
@@ -716,3 +760,40 @@ def test_example_file_shows_every_option() -> None:
     for line in EXAMPLE.read_text().splitlines():
         if "=" in line and not line.lstrip().startswith("#"):
             assert "#" in line, line
+
+
+# --------------------------------------------------------------------------- issue 10.8
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "what"),
+    [
+        ("llm_router_config.json", '{"providers": [{"name": "or", "priority": 1}]}', "a JSON file"),
+        ("mapping.toml", '[{"model": "gpt-4", "provider": ["DeepInfra"]}]', "a JSON file"),
+        ("litellm.yaml", "model_list:\n  - model_name: gpt-4\n", "a YAML file"),
+        ("config", "# comment\nmodel_list:\n  - model_name: gpt-4\n", "a YAML file"),
+        ("proxy.env", "OPENROUTER_KEYS=sk-or-v1-aaaa,sk-or-v1-bbbb\n", "a .env file"),
+    ],
+)
+def test_a_file_of_another_format_points_at_import(tmp_path: Path, name: str, text: str, what: str) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path), ENV)
+    assert info.value.errors == [f"{path}: {what}, not TOML; convert it with `rawgw import {path}`"]
+
+
+def test_broken_toml_is_still_a_toml_error(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text('[server\nport = 8080\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path), ENV)
+    (line,) = info.value.errors
+    assert line.startswith(f"{path}: TOML syntax error: ") and "rawgw import" not in line
+
+
+def test_mask_keys_tells_same_looking_keys_apart() -> None:
+    a, b, c = "sk-or-v1-first-one-key", "sk-or-v1-second-two-key", "sk-or-v1-other-a1b2"
+    assert mask_key(a) == mask_key(b)
+    assert mask_keys([a, b, c]) == ["keys[0] sk-or-…-key", "keys[1] sk-or-…-key", "sk-or-…a1b2"]
+    assert mask_keys([c, OR_KEY_1]) == [mask_key(c), mask_key(OR_KEY_1)]

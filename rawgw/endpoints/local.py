@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-from rawgw.config import mask_key
+from rawgw.config import mask_keys
 from rawgw.errors import GatewayError
 from rawgw.http.reply import Reply
 from rawgw.routing.policy import key_state
@@ -69,11 +69,12 @@ def providers_status(config: Config, pools: dict[str, KeyPool], now: float | Non
     for name, provider in config.providers.items():
         pool = pools[name]
         keys = []
-        for k in pool.keys:
+        for index, (k, masked) in enumerate(zip(pool.keys, mask_keys(pool.keys), strict=True)):
             st = pool.states[k]
             state = key_state(st, now)
             entry: dict[str, Any] = {
-                "key": mask_key(k),
+                "index": index,  # in the provider's keys = [...], as config errors name them
+                "key": masked,
                 "state": state,
                 "requests": st.requests,
                 "rate_limited": st.rate_limited,

@@ -388,6 +388,7 @@ class Exchange:
             completion_tokens=usage[1] if usage else None,
             cache=self.cache_status.decode() if self.cache_status else None,
             error=self.error,
+            session_id=inc.session_id.decode() if inc.session_id is not None else None,
             request_headers=tuple(inc.headers) if chat else (),
             request_body=self.request_body if chat else b"",
             response_headers=tuple(self.response_headers) if chat else (),

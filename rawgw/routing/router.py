@@ -34,11 +34,14 @@ ROUTED: dict[str, bool] = {
 }
 
 LOCAL_PATHS = frozenset({"/", "/health", "/health/providers", "/metrics", "/metrics.json", "/dashboard"})
+# The control plane (rawgw.control): admin page and API, sign-in, sessions. Their names are
+# reserved provider names (config.RESERVED_PROVIDER_NAMES), so no provider route is shadowed.
+CONTROL_PREFIXES = ("/admin/", "/auth/", "/session/")
 
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """What a request target names. ``kind``: routed, models, passthrough, provider, local, unknown."""
+    """What a request target names. ``kind``: routed, models, passthrough, provider, local, control, unknown."""
 
     kind: str
     path: str
@@ -92,6 +95,8 @@ class Router:
         path, _, query = raw.partition("?")
         if path in LOCAL_PATHS:
             return Endpoint("local", path, query=query)
+        if path == "/admin" or path.startswith(CONTROL_PREFIXES):
+            return Endpoint("control", path, query=query)
         rest: str | None = None
         if path.startswith("/v1/"):
             rest = path[4:]
