@@ -35,9 +35,10 @@ from rawgw.relay.context import ProviderLink, RelayConfig
 from rawgw.relay.exchange import Exchange
 from rawgw.request import Incoming, new_request_id, response_extras, valid_request_id
 from rawgw.routing.auth import authenticate, presented_key
-from rawgw.routing.ratelimit import RATE_LIMIT_HEADERS, RateLimiter
+from rawgw.routing.ratelimit import RATE_LIMIT_HEADERS
 from rawgw.routing.router import Endpoint, Router
 from rawgw.server.connection import ClientConnection
+from rawgw.state.backend import build_state
 from rawgw.upstream.pool import Origin, Pools
 
 log = logging.getLogger("rawgw")
@@ -53,11 +54,16 @@ class Gateway:
     def __init__(self, config: Config, workers: int = 1) -> None:
         self.loop = asyncio.get_running_loop()
         self.workers = workers
-        self.limiter = RateLimiter(workers)
+        # The state seam: in-process unless [state] url is set; a change of [state]
+        # takes a restart (a reload keeps the backend it started with).
+        self.state = build_state(config.state, workers)
+        self.limiter = self.state.limiter
         self.cache: ResponseCache | None = None
         self.clients: set[ClientConnection] = set()
         self.pools = Pools(config.server.max_header_bytes)
         self.router = Router(config)
+        self.state.attach(self.router)
+        self.state.start()
         self.recorder = Recorder(config)
         self.models = ModelLister()
         self.started = time.time()
@@ -96,11 +102,13 @@ class Gateway:
             cache=self.cache,
             chat_logging=config.logging.chat,
             request_timeout_s=config.server.request_timeout_s,
+            state=self.state,
         )
 
     def reload(self, config: Config) -> None:
         """SIGHUP: new routing and limits; key state carried over (SPEC 7)."""
         self.router = Router(config, old=self.router)
+        self.state.attach(self.router)
         self.recorder.reconfigure(config)
         self._apply(config)
 
@@ -131,9 +139,15 @@ class Gateway:
             # Gateway-local reads (health, metrics, dashboard, the models list) do not spend the
             # key's budget: a dashboard polling every 2 s must not starve proxied requests.
             local_read = kind == "local" or (kind == "models" and method in (b"GET", b"HEAD"))
-            if key is not None and key.rate_limit_rpm > 0 and local_read:
-                inc.rate_headers = self.limiter.peek(key)
-            elif key is not None and key.rate_limit_rpm > 0:
+            limited = key is not None and (key.rate_limit_rpm > 0 or key.rate_limit_tpm > 0)
+            if key is not None and limited and local_read:
+                inc.rate_headers = self.state.peek(key)
+            elif key is not None and limited and (self.state.shared or key.rate_limit_tpm > 0):
+                # Decided in the Exchange before the first upstream byte (TPM needs the
+                # body, a shared bucket a round trip); until then the last known headers.
+                inc.limit_deferred = True
+                inc.rate_headers = self.state.peek(key)
+            elif key is not None and limited:
                 wait, inc.rate_headers = self.limiter.check(key)
                 if wait > 0:
                     inc.key_limited = True
@@ -238,7 +252,7 @@ class Gateway:
         return self._version
 
     def providers_status(self) -> dict[str, Any]:
-        return local.providers_status(self.config, self.router.pools)
+        return local.providers_status(self.config, self.router.pools, cluster=self.state.cluster())
 
     def stats(self) -> Stats:
         return Stats(
@@ -250,12 +264,15 @@ class Gateway:
             providers=self.providers_status()["providers"],
             recent_errors=list(self.recorder.recent_errors),
             log_dropped=self.recorder.writer.dropped,
+            state_lines=self.state.metric_lines(),
+            cluster=self.state.cluster(),
         )
 
     # ---- relay.RelayHooks -----------------------------------------------------
 
     def record(self, rec: RequestRecord) -> None:
         self.recorder.request_done(rec)
+        self.state.count(rec)
 
     def failed_attempt(self, failure: FailedAttempt) -> None:
         self.recorder.upstream_failure(failure)

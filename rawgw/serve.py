@@ -97,6 +97,7 @@ class Server:
         for client in list(gw.clients):
             client.close()
         gw.close()
+        await gw.state.close()
 
 
 class _Refuse(asyncio.Protocol):

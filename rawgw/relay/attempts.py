@@ -69,6 +69,7 @@ class AttemptChain:
         "connect_s",
         "hooks",
         "inc",
+        "probe",
         "t_head",
         "t_sent",
         "upload",
@@ -91,6 +92,7 @@ class AttemptChain:
         self.t_head = 0.0
         self.connect_s = 0.0
         self.upstream_model: str | None = None
+        self.probe: str | None = None  # provider whose cluster-wide probe lock this request holds
 
     # ---- the client's body -----------------------------------------------
 
@@ -138,8 +140,21 @@ class AttemptChain:
         last_response: Saved | None = None
         attempts = router.attempts(plan)
         pair = next(attempts, None)
+        state = cfg.state
+        refused: str | None = None  # a provider whose half-open probe another process holds
         while pair is not None:
             provider, pool, key = pair
+            if provider.name == refused:
+                pair = next(attempts, None)
+                continue
+            if state.shared and pool.breaker.probing and pool.breaker.state(time.time()) == "half-open":
+                # This attempt is the breaker's half-open probe: one probe cluster-wide
+                # (one round trip, only while a breaker is half-open).
+                if not await state.claim_probe(provider.name):
+                    refused = provider.name
+                    pair = next(attempts, None)
+                    continue
+                self.probe = provider.name
             self.attempts += 1
             remaining = deadline - perf_counter()
             if remaining <= 0:
@@ -150,6 +165,7 @@ class AttemptChain:
                 conn = await link.pool.acquire(min(provider.connect_timeout_s, remaining))
             except UpstreamError as err:
                 pool.on_failure(None, time.time())
+                self._probed(provider)
                 last_error = err
                 self._failed(provider, err)
                 pair = next(attempts, None)
@@ -166,6 +182,7 @@ class AttemptChain:
             except (TimeoutError, UpstreamError) as exc:
                 self.detach()
                 pool.on_failure(key, time.time())
+                self._probed(provider)
                 if isinstance(exc, UpstreamError):
                     last_error = exc
                 else:
@@ -178,6 +195,7 @@ class AttemptChain:
             self.t_head = perf_counter()
             status = head.status_code
             policy.account(pool, key, status, plain_headers(head.headers), time.time())
+            self._probed(provider)
             if policy.moves_on(status):
                 following = next(attempts, None)
                 if following is not None:
@@ -199,6 +217,12 @@ class AttemptChain:
         if last_error.kind == "timeout":
             raise GatewayError(504, last_error.message, kind="timeout")
         raise GatewayError(502, last_error.message)
+
+    def _probed(self, provider: Provider) -> None:
+        """The probe's outcome is accounted (and published): free the cluster-wide lock."""
+        if self.probe == provider.name:
+            self.probe = None
+            self.cfg.state.release_probe(provider.name)
 
     def _failed(self, provider: Provider, err: UpstreamError, status: int | None = None) -> None:
         self.hooks.failed_attempt(FailedAttempt(self.inc.request_id.decode(), provider.name, self.attempts, err.kind, err.message, status))
