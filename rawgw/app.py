@@ -28,9 +28,11 @@ from rawgw.errors import GatewayError, retry_after_header
 from rawgw.http.cors import CORS_RESPONSE_HEADERS, Cors
 from rawgw.http.headers import RESPONSE_DROP, get_header, plain_headers
 from rawgw.http.reply import Reply
+from rawgw.observe.metrics import Metrics
 from rawgw.observe.prometheus import Stats
 from rawgw.observe.record import FailedAttempt, RequestRecord
 from rawgw.observe.recorder import Recorder
+from rawgw.observe.siblings import Siblings
 from rawgw.relay.context import ProviderLink, RelayConfig
 from rawgw.relay.exchange import Exchange
 from rawgw.request import Incoming, new_request_id, response_extras, valid_request_id
@@ -51,9 +53,11 @@ WWW_AUTHENTICATE = (b"www-authenticate", b'Bearer realm="rawgw"')
 class Gateway:
     """Request dispatch plus the state shared by every connection of one process."""
 
-    def __init__(self, config: Config, workers: int = 1) -> None:
+    def __init__(self, config: Config, workers: int = 1, siblings_dir: str | None = None, worker_index: int = 0) -> None:
         self.loop = asyncio.get_running_loop()
         self.workers = workers
+        # --workers N: /metrics sums every worker's numbers (rawgw.observe.siblings)
+        self.siblings = Siblings(siblings_dir, worker_index, self._snapshot_doc) if siblings_dir else None
         # The state seam: in-process unless [state] url is set; a change of [state]
         # takes a restart (a reload keeps the backend it started with).
         self.state = build_state(config.state, workers)
@@ -104,6 +108,11 @@ class Gateway:
             request_timeout_s=config.server.request_timeout_s,
             state=self.state,
         )
+
+    async def start(self) -> None:
+        """What needs the loop running before the first connection is accepted."""
+        if self.siblings is not None:
+            await self.siblings.start()
 
     def reload(self, config: Config) -> None:
         """SIGHUP: new routing and limits; key state carried over (SPEC 7)."""
@@ -158,6 +167,9 @@ class Gateway:
                         kind="rate_limited",
                     )
             if kind == "local":
+                if self.siblings is not None and endpoint.path in AGGREGATED and method in (b"GET", b"HEAD") and self.config.metrics.enabled:
+                    self._aggregated(client, inc)
+                    return
                 self._reply(client, inc, local.answer(self, method, endpoint.path))
                 return
             if kind == "unknown":
@@ -246,6 +258,37 @@ class Gateway:
 
         task.add_done_callback(done)
 
+    def _aggregated(self, client: ClientConnection, inc: Incoming) -> None:
+        """/metrics or /metrics.json of a multi-worker gateway: the sum over every worker."""
+        assert self.siblings is not None
+        task = self.loop.create_task(self.siblings.gather())
+        client.sink = _Waiting(task)
+
+        def done(t: asyncio.Task[list[dict[str, Any]]]) -> None:
+            if t.cancelled() or client.closed:
+                self._record_local(inc, 499, "client_closed", 0)
+                return
+            exc = t.exception()
+            peers = [] if exc is not None else t.result()
+            try:
+                reply = local.answer(_Summed(self, self.stats(peers)), inc.method, inc.endpoint.path)
+            except GatewayError as err:
+                self._error(client, inc, err)
+                return
+            self._reply(client, inc, reply)
+
+        task.add_done_callback(done)
+
+    def _snapshot_doc(self) -> dict[str, Any]:
+        """This worker's numbers, as a sibling asks for them."""
+        return {
+            "metrics": self.recorder.metrics.to_doc(),
+            "open_connections": len(self.clients),
+            "active_streams": self.active_streams,
+            "pools": {k: list(v) for k, v in self.pools.stats().items()},
+            "log_dropped": self.recorder.writer.dropped,
+        }
+
     # ---- local.LocalContext ---------------------------------------------------
 
     def version_info(self) -> bytes:
@@ -254,17 +297,41 @@ class Gateway:
     def providers_status(self) -> dict[str, Any]:
         return local.providers_status(self.config, self.router.pools, cluster=self.state.cluster())
 
-    def stats(self) -> Stats:
+    def stats(self, peers: list[dict[str, Any]] | None = None) -> Stats:
+        """This process's numbers; with ``peers`` (sibling workers' snapshots) their sum."""
+        metrics = self.recorder.metrics
+        pools = self.pools.stats()
+        open_connections = len(self.clients)
+        active_streams = self.active_streams
+        dropped = self.recorder.writer.dropped
+        extra = self.state.metric_lines()
+        if peers is not None:
+            metrics = Metrics()
+            metrics.add_doc(self.recorder.metrics.to_doc())
+            pools = dict(pools)
+            for doc in peers:
+                metrics.add_doc(doc["metrics"])
+                open_connections += doc["open_connections"]
+                active_streams += doc["active_streams"]
+                dropped += doc["log_dropped"]
+                for origin, (o, i) in doc["pools"].items():
+                    mine = pools.get(origin, (0, 0))
+                    pools[origin] = (mine[0] + o, mine[1] + i)
+            extra = extra + [
+                "# HELP rawgw_workers_answered Workers whose numbers this scrape sums (--workers N).",
+                "# TYPE rawgw_workers_answered gauge",
+                f"rawgw_workers_answered {1 + len(peers)}",
+            ]
         return Stats(
-            metrics=self.recorder.metrics,
+            metrics=metrics,
             started=self.started,
-            open_connections=len(self.clients),
-            active_streams=self.active_streams,
-            pools=self.pools.stats(),
+            open_connections=open_connections,
+            active_streams=active_streams,
+            pools=pools,
             providers=self.providers_status()["providers"],
             recent_errors=list(self.recorder.recent_errors),
-            log_dropped=self.recorder.writer.dropped,
-            state_lines=self.state.metric_lines(),
+            log_dropped=dropped,
+            extra_lines=extra,
             cluster=self.state.cluster(),
         )
 
@@ -284,8 +351,36 @@ class Gateway:
         self.active_streams -= 1
 
     def close(self) -> None:
+        if self.siblings is not None:
+            self.siblings.close()
         self.pools.close()
         self.recorder.close()
+
+
+AGGREGATED = frozenset({"/metrics", "/metrics.json"})
+
+
+class _Summed:
+    """The gateway as a local.LocalContext whose stats are the sum over its workers."""
+
+    __slots__ = ("gateway", "summed")
+
+    def __init__(self, gateway: Gateway, summed: Stats) -> None:
+        self.gateway = gateway
+        self.summed = summed
+
+    @property
+    def config(self) -> Config:
+        return self.gateway.config
+
+    def stats(self) -> Stats:
+        return self.summed
+
+    def version_info(self) -> bytes:
+        return self.gateway.version_info()
+
+    def providers_status(self) -> dict[str, Any]:
+        return self.gateway.providers_status()
 
 
 class _Waiting:
@@ -293,7 +388,7 @@ class _Waiting:
 
     __slots__ = ("task",)
 
-    def __init__(self, task: asyncio.Task[Reply]) -> None:
+    def __init__(self, task: asyncio.Task[Any]) -> None:
         self.task = task
 
     def on_body(self, data: bytes) -> None:

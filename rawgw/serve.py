@@ -32,9 +32,11 @@ def install_event_loop_policy() -> None:
 class Server:
     """A listening gateway in this process."""
 
-    def __init__(self, config: Config, workers: int = 1) -> None:
+    def __init__(self, config: Config, workers: int = 1, siblings_dir: str | None = None, worker_index: int = 0) -> None:
         self.config = config
         self.workers = workers
+        self.siblings_dir = siblings_dir
+        self.worker_index = worker_index
         self.gateway: Gateway | None = None
         self.server: asyncio.base_events.Server | None = None
         self.port = 0
@@ -42,7 +44,8 @@ class Server:
 
     async def start(self, host: str | None = None, port: int | None = None, sock: socket.socket | None = None) -> None:
         loop = asyncio.get_running_loop()
-        self.gateway = gw = Gateway(self.config, self.workers)
+        self.gateway = gw = Gateway(self.config, self.workers, self.siblings_dir, self.worker_index)
+        await gw.start()
         cfg = self.config.server
 
         def factory() -> asyncio.Protocol:
@@ -122,8 +125,10 @@ async def serve_forever(
     sock: socket.socket | None = None,
     announce: Callable[[Server], None] | None = None,
     workers: int = 1,
+    siblings_dir: str | None = None,
+    worker_index: int = 0,
 ) -> int:
-    server = Server(config, workers)
+    server = Server(config, workers, siblings_dir, worker_index)
     await server.start(host, port, sock)
     loop = asyncio.get_running_loop()
     stop = loop.create_future()

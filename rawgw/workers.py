@@ -5,8 +5,9 @@ forks N workers that each bind their own SO_REUSEPORT socket (the kernel spreads
 connections evenly), restarts a worker that dies, and passes SIGTERM/SIGINT/SIGHUP
 on. It runs no event loop: signals are taken synchronously with sigtimedwait.
 
-State is per worker: rate-limit buckets (each worker allows rate/N), key
-cooldowns and breakers, the response cache, the model-list cache and metrics.
+Without ``[state] url`` state is per worker: rate-limit buckets (each worker allows
+rate/N), key cooldowns and breakers, the response cache and the model-list cache;
+``/metrics`` sums every worker (rawgw.observe.siblings).
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import os
 import select
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 
 from rawgw.config import Config
@@ -37,7 +40,7 @@ def _reuseport_socket(host: str, port: int, listen: bool) -> socket.socket:
     return sock
 
 
-def _worker_main(config: Config, path: str, host: str, port: int, workers: int, ready_fd: int) -> int:
+def _worker_main(config: Config, path: str, host: str, port: int, workers: int, ready_fd: int, index: int = 0, siblings_dir: str | None = None) -> int:
     """Runs in the forked child."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
     import logging
@@ -58,11 +61,16 @@ def _worker_main(config: Config, path: str, host: str, port: int, workers: int, 
         except OSError:
             pass  # a restarted worker: nobody waits for it
 
-    return asyncio.run(serve_forever(config, path, sock=sock, announce=announce, workers=workers))
+    return asyncio.run(
+        serve_forever(config, path, sock=sock, announce=announce, workers=workers, siblings_dir=siblings_dir, worker_index=index)
+    )
 
 
 def run_workers(config: Config, path: str, host: str, port: int, workers: int) -> int:
     reserve = _reuseport_socket(host, port, listen=False)
+    # Each worker answers its metrics snapshot on a unix socket here, so that a scrape
+    # reaching any of them sums them all (rawgw.observe.siblings). Private to this group.
+    siblings_dir = tempfile.mkdtemp(prefix="rawgw-workers-")
     port = reserve.getsockname()[1]
     signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     children: dict[int, int] = {}  # pid -> worker index
@@ -74,7 +82,7 @@ def run_workers(config: Config, path: str, host: str, port: int, workers: int) -
             os.close(r)
             code = 1
             try:
-                code = _worker_main(config, path, host, port, workers, w)
+                code = _worker_main(config, path, host, port, workers, w, index, siblings_dir)
             finally:
                 os._exit(code)
         os.close(w)
@@ -93,6 +101,7 @@ def run_workers(config: Config, path: str, host: str, port: int, workers: int) -
         if any(os.waitpid(pid, os.WNOHANG)[0] for pid in list(children)):
             print("rawgw: a worker failed to start", file=sys.stderr, flush=True)
             _stop_all(children, signal.SIGTERM)
+            shutil.rmtree(siblings_dir, ignore_errors=True)
             return 1
     shown = f"[{host}]" if ":" in host else host
     print(f"rawgw listening on http://{shown}:{port}", flush=True)
@@ -126,6 +135,7 @@ def run_workers(config: Config, path: str, host: str, port: int, workers: int) -
                 _, fd = spawn(index)
                 os.close(fd)
     reserve.close()
+    shutil.rmtree(siblings_dir, ignore_errors=True)
     return 0
 
 

@@ -25,7 +25,7 @@ class Stats:
     providers: dict[str, Any]  # /health/providers' "providers"
     recent_errors: list[dict[str, object]]
     log_dropped: int
-    state_lines: list[str] = dataclasses.field(default_factory=list)  # rawgw_state_* ([state] url)
+    extra_lines: list[str] = dataclasses.field(default_factory=list)  # rawgw_state_*, rawgw_workers_answered
     cluster: dict[str, int] | None = None  # cluster-wide counters of the last hour ([state] url)
 
 
@@ -84,7 +84,7 @@ def render(stats: Stats) -> str:
     out.append(f"rawgw_asyncio_tasks {len(asyncio.all_tasks())}")
     head("rawgw_log_records_dropped_total", "counter", "Log records dropped because the log queue was full.")
     out.append(f"rawgw_log_records_dropped_total {stats.log_dropped}")
-    out.extend(stats.state_lines)
+    out.extend(stats.extra_lines)
     process.render(out)
     return "\n".join(out) + "\n"
 

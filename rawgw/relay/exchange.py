@@ -445,6 +445,7 @@ class Exchange:
             wall_time=time.time(),
             provider=self.provider,
             key_name=inc.key_name,
+            key_limited=inc.key_limited,
             client_model=self.client_model,
             upstream_model=chain.upstream_model,
             attempts=chain.attempts,
