@@ -97,7 +97,10 @@ def summarize(config: Config) -> list[str]:
 
     lines.append(f"gateway keys ({len(config.keys)}):" + ("" if config.keys else " none, authentication is off"))
     for k in config.keys:
-        rate = f"{k.rate_limit_rpm} rpm, burst {k.rate_limit_burst}" if k.rate_limit_rpm else "no rate limit"
+        limits = [f"{k.rate_limit_rpm} rpm, burst {k.rate_limit_burst}"] if k.rate_limit_rpm else []
+        if k.rate_limit_tpm:
+            limits.append(f"{k.rate_limit_tpm} tpm")
+        rate = ", ".join(limits) or "no rate limit"
         lines.append(f"  {k.name} ({mask_key(k.key)}): providers {_list(k.providers, 'all')}; models {_list(k.models, 'all')}; {rate}")
 
     log = config.logging
@@ -108,6 +111,17 @@ def summarize(config: Config) -> list[str]:
     cache = config.cache
     lines.append(f"cache: {_onoff(cache.enabled)}" + (f" (ttl {cache.ttl_s:g} s, {cache.max_entries} entries)" if cache.enabled else ""))
     lines.append(f"metrics: {_onoff(config.metrics.enabled)}")
+    st = config.state
+    if st.shared:
+        from rawgw.state.url import mask_url, parse_state_url
+
+        try:
+            shown = parse_state_url(st.url).masked()
+        except ValueError:
+            shown = mask_url(st.url)
+        lines.append(f"state: shared on {shown} (prefix {st.prefix!r}, timeout {st.timeout_ms} ms)")
+    else:
+        lines.append("state: in this process (no [state] url)")
     if config.warnings:
         lines.append(f"warnings ({len(config.warnings)}):")
         lines.extend(f"  {w}" for w in config.warnings)

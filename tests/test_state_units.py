@@ -90,3 +90,16 @@ def test_cached_entry_round_trip() -> None:
     data = encode_entry(200, headers, b'{"a":"\x00"}', "mock")
     assert decode_entry(data) == (200, headers, b'{"a":"\x00"}', "mock")
     assert decode_entry(b"garbage") is None
+
+
+def test_check_shows_the_state_server_masked() -> None:
+    from rawgw.config import parse_config
+    from rawgw.config_commands import summarize
+
+    base = {"providers": {"p": {"type": "openai", "base_url": "http://127.0.0.1:9/v1", "keys": ["env:K"]}}}
+    env = {"K": "sk-upstream-0123456789", "S": "redis://rawgw:hunter2-secret@valkey:6379/1"}
+    cfg = parse_config({**base, "state": {"url": "env:S", "prefix": "gw1:", "timeout_ms": 40}}, env)
+    text = "\n".join(summarize(cfg))
+    assert "state: shared on redis://rawgw:***@valkey:6379/1 (prefix 'gw1:', timeout 40 ms)" in text
+    assert "hunter2" not in text
+    assert "state: in this process" in "\n".join(summarize(parse_config(base, env)))
