@@ -40,7 +40,7 @@ from rawgw.routing.auth import authenticate, presented_key
 from rawgw.routing.ratelimit import RATE_LIMIT_HEADERS
 from rawgw.routing.router import Endpoint, Router
 from rawgw.server.connection import ClientConnection
-from rawgw.state.backend import build_state
+from rawgw.state.backend import build_state, key_digest
 from rawgw.upstream.pool import Origin, Pools
 
 log = logging.getLogger("rawgw")
@@ -80,6 +80,7 @@ class Gateway:
         self.config = config
         self.keys: tuple[GatewayKey, ...] = config.keys
         self.encoded_keys = [k.key.encode() for k in config.keys]
+        self.key_digests = {k.name: key_digest(k.key) for k in config.keys}
         self.public_paths = frozenset(config.server.public_paths)
         self.cors = cors = Cors(config.server.cors_origins)
         c = config.cache
@@ -143,6 +144,10 @@ class Gateway:
                     msg = "missing gateway key: send Authorization: Bearer <key> or x-api-key" if presented is None else "invalid gateway key"
                     # RFC 9110 §15.5.2: a 401 MUST carry a challenge
                     raise GatewayError(401, msg, headers=[WWW_AUTHENTICATE])
+                if self.state.revoked and self.key_digests.get(inc.key.name) in self.state.revoked:
+                    # revoked at run time on this or another instance (issue 12)
+                    inc.key = None
+                    raise GatewayError(401, "gateway key revoked", headers=[WWW_AUTHENTICATE])
             key = inc.key
             kind = endpoint.kind
             # Gateway-local reads (health, metrics, dashboard, the models list) do not spend the
@@ -197,6 +202,15 @@ class Gateway:
                 timeout = min(timeout, value)
         inc.deadline = t0 + timeout
         Exchange(self.relay, self, client, inc).start()
+
+    def revoke_key(self, name: str) -> bool:
+        """Refuse gateway key ``name`` at once, on every instance sharing the state server
+        (the admin API's revoke; the config change that removes it follows)."""
+        key = next((k for k in self.keys if k.name == name), None)
+        if key is None:
+            return False
+        self.state.revoke(key.key)
+        return True
 
     def early_error_headers(self) -> list[Header]:
         return self.cors.early_error_headers()

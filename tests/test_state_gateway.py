@@ -363,3 +363,57 @@ async def test_server_that_accepts_and_never_answers(start_gateway: StartGateway
         mute_server.close()
         for w in conns:
             w.close()
+
+
+# --------------------------------------------------------------------------- gateway keys
+
+
+async def test_a_revoked_gateway_key_is_refused_on_every_instance_at_once(
+    start_gateway: StartGateway, mock_upstream: MockUpstream, redis_server: RedisServer, redis_client: StateClient
+) -> None:
+    """What an admin revoke on one instance publishes (RedisState.revoke): every
+    instance refuses the key on its next request, no reload, no round trip per request."""
+    from rawgw.state.backend import key_digest
+    from rawgw.state.shared import SharedState
+
+    other = "gw-other-key-999999"
+    keys = [{"key": GW_KEY, "name": "tester"}, {"key": other, "name": "other"}]
+    cfg = shared_config(mock_upstream, redis_server, keys=keys)
+    a, b = await start_gateway(cfg), await start_gateway(cfg)
+    await state_up(a)
+    await state_up(b)
+    assert (await call(b.port, chat_body(), key=other)).status == 200
+    await SharedState(redis_client).publish_key_event(key_digest(other), -1, "revoked")
+
+    async def refused(gw: Gateway) -> bool:
+        r = await call(gw.port, chat_body(), key=other)
+        assert r.status in (200, 401), r.body
+        return r.status == 401
+
+    for gw in (a, b):
+        await wait_until(lambda gw=gw: refused(gw), what="revoked key refused")
+    r = await call(a.port, chat_body(), key=other)
+    assert r.json()["error"]["message"] == "gateway key revoked" and other not in r.body.decode()
+    assert (await call(a.port, chat_body())).status == 200  # the other key is not affected
+    c = await start_gateway(cfg)  # a later instance loads it from the server
+    await state_up(c)
+    await wait_until(lambda: refused(c), what="revoked key refused on a new instance")
+    stored = await redis_client.call("HGETALL", "{rawgw:keys}")
+    assert other.encode() not in b"".join(stored)  # a digest is stored, never the key
+
+
+async def test_revoke_through_the_backend_reaches_the_other_backend(redis_server: RedisServer) -> None:
+    from rawgw.config import StateConfig
+    from rawgw.state.backend import RedisState, key_digest
+
+    a, b = RedisState(StateConfig(url=redis_server.url)), RedisState(StateConfig(url=redis_server.url))
+    a.start()
+    b.start()
+    try:
+        # b learns it by pub/sub, or from the stored states when it (re)subscribes later
+        await wait_until(lambda: a.client.up and b.client.subscriber_up, what="both connected")
+        a.revoke("gw-secret-value-1234")
+        await wait_until(lambda: key_digest("gw-secret-value-1234") in b.revoked, what="revocation on b")
+    finally:
+        await a.close()
+        await b.close()

@@ -20,6 +20,7 @@ Built once by the Gateway at start; the relay reaches it through ``RelayConfig.s
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -61,6 +62,9 @@ class LocalState:
     def __init__(self, workers: int = 1) -> None:
         self.limiter = RateLimiter(workers)
         self.errors = 0  # fallbacks to in-process state (RedisState)
+        # SHA-256 hex digests of gateway keys revoked at run time (admin), here or on
+        # any instance sharing the state server; checked per request only when not empty
+        self.revoked: set[str] = set()
 
     # lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -88,6 +92,11 @@ class LocalState:
 
     def refund(self, key: GatewayKey, tokens: int) -> None:
         self.limiter.refund(key, tokens)
+
+    # gateway keys -------------------------------------------------------------------
+    def revoke(self, key_value: str) -> None:
+        """Refuse this gateway key from now on (here; with a state server, everywhere)."""
+        self.revoked.add(key_digest(key_value))
 
     # breaker probe ------------------------------------------------------------------
     async def claim_probe(self, provider: str) -> bool:
@@ -206,6 +215,9 @@ class RedisState(LocalState):
         self._apply(event)
 
     def _apply(self, event: KeyEvent) -> None:
+        if event.kind == "revoked":
+            self.revoked.add(event.provider)
+            return
         router = self.router
         pool: KeyPool | None = router.pools.get(event.provider) if router is not None else None
         if pool is not None:
@@ -223,6 +235,8 @@ class RedisState(LocalState):
     def _on_up(self) -> None:
         # The server is (back) up, maybe restarted empty: what this process still knows
         # (cooldowns in force, disabled keys, open breakers) is published again.
+        for digest in self.revoked:
+            self._publish(digest, -1, "revoked", 0.0, 0)
         router = self.router
         if router is None:
             return
@@ -230,6 +244,12 @@ class RedisState(LocalState):
         for name, pool in router.pools.items():
             for kind, index, until, strikes in pool.local_events(now):
                 self._publish(name, index, kind, until, strikes)
+
+    def revoke(self, key_value: str) -> None:
+        digest = key_digest(key_value)
+        self.revoked.add(digest)
+        self._publish(digest, -1, "revoked", 0.0, 0)
+        # while the server is down the revocation is published by _on_up
 
     # rate limits ------------------------------------------------------------------------
     def peek(self, key: GatewayKey) -> list[Header]:
@@ -379,6 +399,11 @@ class RedisState(LocalState):
             "# TYPE rawgw_state_errors_total counter",
             f"rawgw_state_errors_total {self.client.errors + self.errors}",
         ]
+
+
+def key_digest(key_value: str) -> str:
+    """How a gateway key is named on the state server: a digest, never the value."""
+    return hashlib.sha256(key_value.encode()).hexdigest()
 
 
 def build_state(config: StateConfig, workers: int = 1) -> LocalState:
