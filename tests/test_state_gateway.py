@@ -112,6 +112,31 @@ async def test_breaker_opened_on_a_is_open_on_b(start_gateway: StartGateway, moc
     assert len(mock_upstream.requests) == n  # B never asked the provider
 
 
+async def test_half_open_probe_is_one_probe_cluster_wide(
+    start_gateway: StartGateway, mock_upstream: MockUpstream, redis_server: RedisServer
+) -> None:
+    """After the breaker's 10 s, every instance turns half-open at the same moment (one
+    open_until for all): of requests arriving on both at once, one probe reaches the
+    provider, the others are refused."""
+    mock_upstream.default = Json(status=500, body={"error": {"message": "down"}}, delay_before=0.5)
+    cfg = shared_config(mock_upstream, redis_server)
+    a, b = await start_gateway(cfg), await start_gateway(cfg)
+    await state_up(a)
+    await state_up(b)
+    await asyncio.gather(*(call(a.port, chat_body()) for _ in range(5)))
+
+    async def breaker(gw: Gateway, state: str) -> bool:
+        return (await providers(gw))["mock"]["breaker"] == state
+
+    await wait_until(lambda: breaker(b, "open"), what="breaker open on B")
+    await wait_until(lambda: breaker(a, "half-open"), timeout=15, interval=0.02, what="half-open on A")
+    n = len(mock_upstream.requests)
+    got = await asyncio.gather(*(call(gw.port, chat_body()) for gw in (a, b, a, b)))
+    assert sorted(r.status for r in got) == [500, 503, 503, 503], [(r.status, r.body) for r in got]
+    assert len(mock_upstream.requests) == n + 1  # one probe for the cluster
+    await wait_until(lambda: breaker(b, "open"), what="the failed probe reopened the breaker on B")
+
+
 # --------------------------------------------------------------------------- rate limits
 
 

@@ -212,6 +212,12 @@ class AttemptChain:
             return Accepted(head, conn, provider)
         if last_response is not None:
             return last_response
+        if last_error is None and refused is not None:
+            raise GatewayError(
+                503,
+                f"no usable key or provider available ({refused}): circuit half-open, its probe runs elsewhere",
+                code="no_available_provider",
+            )
         if last_error is None:
             raise GatewayError(502, "no upstream attempt could be made")
         if last_error.kind == "timeout":
