@@ -8,8 +8,9 @@ same gateway in three setups, same run, interleaved:
 
 A real redis-server is started on a free loopback port (temporary dir, no persistence).
 At 1 connection the latencies show what a request waits (no queueing); at 64 the gateway
-is saturated and CPU per request is what matters.
-Usage: python bench/state_overhead.py [--duration 4] [--repeat 3] [--connections 1,64]
+is saturated and CPU per request is what matters. ``--callgrind`` counts instructions per
+request of each setup instead (bench/callgrind.py's method: repeatable on a noisy machine).
+Usage: python bench/state_overhead.py [--duration 4] [--repeat 3] [--connections 1,64] [--callgrind]
 """
 
 import argparse
@@ -49,9 +50,9 @@ def wait_redis(port: int) -> None:
     raise SystemExit("redis-server did not start")
 
 
-def config(mport: int, state_url: str, limited: bool) -> str:
+def config(mport: int, state_url: str, limited: bool, timeout_ms: int = 50) -> str:
     limit = "rate_limit_rpm = 100000000\nrate_limit_burst = 100000000\n" if limited else ""
-    state = f'[state]\nurl = "{state_url}"\n' if state_url else ""
+    state = f'[state]\nurl = "{state_url}"\ntimeout_ms = {timeout_ms}\n' if state_url else ""
     return f"""[server]
 port = 0
 [[keys]]
@@ -109,11 +110,32 @@ def measure(gws: dict, redis_pid: int, conns: int, args: argparse.Namespace) -> 
         )
 
 
+def count_instructions(setups: dict[str, tuple[str, bool]], mport: int, tmp: str) -> int:
+    """Instructions per request of each setup under callgrind (start-up cancelled out)."""
+    from pathlib import Path
+
+    from callgrind import gateway_instructions
+
+    n1, n2 = 200, 1200
+    base = None
+    for name, (state_url, limited) in setups.items():
+        cfg = Path(tmp) / f"cg-{name.replace(', ', '-')}.toml"
+        # a generous timeout: under valgrind the gateway is ~50x slower to read a reply
+        cfg.write_text(config(mport, state_url, limited, timeout_ms=5000))
+        g1 = gateway_instructions(str(BENCH.parent), cfg, n1, 4, Path(tmp), name + "1")
+        g2 = gateway_instructions(str(BENCH.parent), cfg, n2, 4, Path(tmp), name + "2")
+        per = (g2 - g1) / (n2 - n1)
+        base = base or per
+        print(f"{name:14s} {per:12,.0f} instructions/request  {per / base - 1:+.1%} vs in-process", flush=True)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=float, default=4.0)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--connections", default="1,64", help="comma-separated concurrency points")
+    ap.add_argument("--callgrind", action="store_true", help="instructions per request under valgrind instead of timings")
     args = ap.parse_args()
     redis_bin = shutil.which("redis-server")
     if redis_bin is None:
@@ -133,6 +155,8 @@ def main() -> int:
         procs.append(mock)
         url = f"redis://127.0.0.1:{rport}/0"
         setups = {"in-process": ("", False), "state, no-rt": (url, False), "state, limit": (url, True)}
+        if args.callgrind:
+            return count_instructions(setups, mport, tmp)
         gws = {}
         for name, (state_url, limited) in setups.items():
             path = os.path.join(tmp, f"{name.replace(', ', '-')}.toml")
