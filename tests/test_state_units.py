@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import math
 
+from rawgw.cache import decode_entry, encode_entry
 from rawgw.config import GatewayKey
 from rawgw.observe.metrics import Metrics
 from rawgw.routing.keys import BREAKER_FAILURES, KeyPool
 from rawgw.routing.ratelimit import RateLimiter, estimate_tokens
-from rawgw.state.backend import decode_entry, encode_entry
 
 KEY = GatewayKey(key="gw-secret", name="k", rate_limit_rpm=60, rate_limit_burst=5, rate_limit_tpm=1000)
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import h11
 
-from rawgw.cache import Entry
+from rawgw.cache import Entry, decode_entry, encode_entry
 from rawgw.errors import REASONS, GatewayError, retry_after_header
 from rawgw.http.headers import filter_headers, get_header, plain_headers, upstream_request_id
 from rawgw.observe.record import RequestRecord
@@ -26,7 +26,6 @@ from rawgw.observe.usage import extract_usage
 from rawgw.relay.attempts import Accepted, AttemptChain
 from rawgw.request import response_extras
 from rawgw.routing.ratelimit import estimate_tokens
-from rawgw.state.backend import decode_entry, encode_entry
 from rawgw.upstream.connection import UpstreamConnection, UpstreamError
 
 if TYPE_CHECKING:
@@ -220,7 +219,7 @@ class Exchange:
         self.request_body = body
         if inc.limit_deferred:
             await self._rate_limit(len(body), plan.parsed)
-        if await self._from_cache(plan):
+        if cfg.cache is not None and await self._from_cache(plan):
             return
         if cfg.chat_logging and buffered:
             self.collected = []

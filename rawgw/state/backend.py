@@ -26,8 +26,6 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from rawgw.routing.ratelimit import RateLimiter, limit_headers
 from rawgw.state.client import StateClient, StateError
 from rawgw.state.limiter import SharedLimiter
@@ -409,21 +407,3 @@ def key_digest(key_value: str) -> str:
 def build_state(config: StateConfig, workers: int = 1) -> LocalState:
     """The backend for ``[state]``: in-process when ``url`` is empty."""
     return RedisState(config, workers) if config.shared else LocalState(workers)
-
-
-def encode_entry(status: int, headers: list[Header] | tuple[Header, ...], body: bytes, provider: str) -> bytes:
-    """A cached response as stored on the state server: JSON head, NUL, the body bytes."""
-    head = orjson.dumps({"s": status, "p": provider, "h": [[n.decode("latin-1"), v.decode("latin-1")] for n, v in headers]})
-    return head + b"\0" + body  # orjson escapes control characters: no NUL in the head
-
-
-def decode_entry(data: bytes) -> tuple[int, list[Header], bytes, str] | None:
-    head, sep, body = data.partition(b"\0")
-    if not sep:
-        return None
-    try:
-        doc = orjson.loads(head)
-        headers = [(str(n).encode("latin-1"), str(v).encode("latin-1")) for n, v in doc["h"]]
-        return int(doc["s"]), headers, body, str(doc["p"])
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeEncodeError):
-        return None
