@@ -145,7 +145,9 @@ class RedisState(LocalState):
         # key name -> clock() until which the key is known to be over its RPM limit
         self.denied: dict[str, float] = {}
         self.remaining: dict[str, list[Header]] = {}  # last shared x-ratelimit-* per key
-        self.deltas: dict[str, int] = {}
+        self.deltas: dict[str, int] = {}  # counter field -> increment not yet sent
+        self._counts: dict[tuple[int, str, bool, str | None], int] = {}
+        self._tokens: dict[str, list[int]] = {}
         self._flushed_keys: dict[str, tuple[int, int, int]] = {}
         self._cluster: dict[str, int] | None = None
         self._cluster_wanted = -CLUSTER_WANTED_S
@@ -323,20 +325,33 @@ class RedisState(LocalState):
     def count(self, rec: RequestRecord) -> None:
         if rec.kind == "local":
             return  # the dashboard's own polls are not traffic
-        d = self.deltas
-        for name in ("requests", f"status:{rec.status}", f"provider:{rec.provider}:requests" if rec.provider else ""):
-            if name:
-                d[name] = d.get(name, 0) + 1
+        # plain tuples per request; the field names are formatted once a second (flush)
+        k = (rec.status, rec.provider, rec.key_limited, rec.cache)
+        self._counts[k] = self._counts.get(k, 0) + 1
         if rec.prompt_tokens is not None:
-            p = f"provider:{rec.provider}:prompt_tokens"
-            c = f"provider:{rec.provider}:completion_tokens"
-            d[p] = d.get(p, 0) + rec.prompt_tokens
-            d[c] = d.get(c, 0) + (rec.completion_tokens or 0)
-        if rec.key_limited:
-            d["rate_limited"] = d.get("rate_limited", 0) + 1
-        if rec.cache is not None:
-            name = "cache:hit" if rec.cache == "HIT" else "cache:miss"
-            d[name] = d.get(name, 0) + 1
+            t = self._tokens.get(rec.provider)
+            if t is None:
+                t = self._tokens[rec.provider] = [0, 0]
+            t[0] += rec.prompt_tokens
+            t[1] += rec.completion_tokens or 0
+
+    def _record_deltas(self) -> None:
+        counts, self._counts = self._counts, {}
+        tokens, self._tokens = self._tokens, {}
+        d = self.deltas
+        for (status, provider, limited, cache), n in counts.items():
+            names = ["requests", f"status:{status}"]
+            if provider:
+                names.append(f"provider:{provider}:requests")
+            if limited:
+                names.append("rate_limited")
+            if cache is not None:
+                names.append("cache:hit" if cache == "HIT" else "cache:miss")
+            for name in names:
+                d[name] = d.get(name, 0) + n
+        for provider, (prompt, completion) in tokens.items():
+            for name, n in ((f"provider:{provider}:prompt_tokens", prompt), (f"provider:{provider}:completion_tokens", completion)):
+                d[name] = d.get(name, 0) + n
 
     def _key_deltas(self) -> None:
         """Per provider key counters, from the pools' own numbers (nothing on the hot path)."""
@@ -366,6 +381,7 @@ class RedisState(LocalState):
 
     async def flush(self) -> None:
         """Send the batched counter deltas; refresh the cluster totals if someone looks."""
+        self._record_deltas()
         self._key_deltas()
         if not self.client.up:
             return  # the deltas wait (bounded by the number of distinct fields)
