@@ -172,6 +172,31 @@ async def state_up_key(gw: Gateway, key: str) -> None:
     await wait_until(check, timeout=10, what=f"rawgw_state_up 1 on :{gw.port}")
 
 
+async def evalsha_calls(redis_client: StateClient) -> int:
+    info = (await redis_client.call("INFO", "commandstats")).decode()
+    calls = 0
+    for line in info.splitlines():
+        if line.startswith(("cmdstat_evalsha:", "cmdstat_eval:")):
+            calls += int(line.split("calls=")[1].split(",")[0])
+    return calls
+
+
+async def test_deny_cache_spares_the_round_trip_until_the_next_token(
+    start_gateway: StartGateway, mock_upstream: MockUpstream, redis_server: RedisServer, redis_client: StateClient
+) -> None:
+    keys = [{"key": LIMITED, "name": "slow", "rate_limit_rpm": 1, "rate_limit_burst": 1}]
+    gw = await start_gateway(shared_config(mock_upstream, redis_server, keys=keys))
+    await state_up_key(gw, LIMITED)
+    assert (await call(gw.port, chat_body(), key=LIMITED)).status == 200  # loads the script too
+    before = await evalsha_calls(redis_client)
+    statuses = [(await call(gw.port, chat_body(), key=LIMITED)).status for _ in range(9)]
+    assert statuses == [429] * 9
+    # the first refusal asked the server; the 8 after it did not
+    assert await evalsha_calls(redis_client) - before == 1
+    r = await call(gw.port, chat_body(), key=LIMITED)
+    assert r.status == 429 and 50 <= int(r.header("retry-after") or 0) <= 60  # 1/min: the next token's time
+
+
 async def test_tpm_is_shared_and_refunded(start_gateway: StartGateway, mock_upstream: MockUpstream, redis_server: RedisServer) -> None:
     """rate_limit_tpm: prompt estimate + max_tokens reserved up front on one cluster-wide
     bucket, the unused part refunded from the response's usage."""
