@@ -176,12 +176,20 @@ _INIT_HEADER: Final = """\
 """
 
 
+_INIT_FOOTER: Final = """
+# More than one process (--workers N, or several instances behind a balancer)? Share rate
+# limits, key cooldowns, breakers, the cache and usage counters on a Redis/Valkey server:
+# [state]
+# url = "env:RAWGW_STATE_URL"   # redis://[user:pass@]host:6379/0, rediss://..., unix:///path
+"""
+
+
 def cmd_init(path: str = "gateway.toml", force: bool = False) -> int:
     """Write a starter config; an existing file is only replaced with ``force``."""
     if os.path.exists(path) and not force:
         _err(f"rawgw init: {path} already exists; use --force to overwrite it")
         return 1
-    text = _INIT_HEADER + tomli_w.dumps(starter_config())
+    text = _INIT_HEADER + tomli_w.dumps(starter_config()) + _INIT_FOOTER
     try:
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(text)
