@@ -386,9 +386,11 @@ async def test_slow_state_server_delays_requests_by_at_most_timeout(
         took = time.monotonic() - t0
         assert r.status == 200, r.body
         worst = max(worst, took)
+    _, m = await scrape(gw.port)
+    assert (m.get("rawgw_state_errors_total") or 0) >= 1  # the stalled calls were given up on
     await sleeper
     # a rate-limit EVALSHA and a cache GET, each bounded by timeout_ms (100 ms)
-    assert worst < 0.2 + 0.5, f"a request waited {worst:.3f} s on a stalled state server"
+    assert worst < 0.2 + 0.8, f"a request waited {worst:.3f} s on a stalled state server"  # a hang: 3 s
 
 
 async def test_server_that_accepts_and_never_answers(start_gateway: StartGateway, mock_upstream: MockUpstream) -> None:
@@ -406,7 +408,7 @@ async def test_server_that_accepts_and_never_answers(start_gateway: StartGateway
         for _ in range(5):
             t0 = time.monotonic()
             r = await call(gw.port, chat_body())
-            assert r.status == 200 and time.monotonic() - t0 < 0.05 + 0.5
+            assert r.status == 200 and time.monotonic() - t0 < 0.05 + 0.95
         _, m = await scrape(gw.port)
         assert m.get("rawgw_state_up") == 0
     finally:
