@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Coroutine
 from time import perf_counter
 from typing import Any
 
@@ -23,6 +24,7 @@ from rawgw import __version__
 from rawgw.cache import ResponseCache
 from rawgw.config import Config, GatewayKey
 from rawgw.endpoints import local
+from rawgw.endpoints.control import ControlPlane, session_header
 from rawgw.endpoints.models import ModelLister
 from rawgw.errors import GatewayError, retry_after_header
 from rawgw.http.cors import CORS_RESPONSE_HEADERS, Cors
@@ -74,6 +76,7 @@ class Gateway:
         self.active_streams = 0
         self._version = local.version_info(__version__)
         self._apply(config)
+        self.control = ControlPlane(self, self.recorder.writer.put)
 
     def _apply(self, config: Config) -> None:
         """Everything derived from one config, computed once (never per request)."""
@@ -119,8 +122,16 @@ class Gateway:
         """SIGHUP: new routing and limits; key state carried over (SPEC 7)."""
         self.router = Router(config, old=self.router)
         self.state.attach(self.router)
+        if self.state.shared:
+            # A gateway key this config drops (admin revoke, or an edited file) is refused
+            # by every instance at once, not only by those that reload (LiteLLM #1775).
+            kept = {k.key for k in config.keys}
+            for k in self.keys:
+                if k.key not in kept:
+                    self.state.revoke(k.key)
         self.recorder.reconfigure(config)
         self._apply(config)
+        self.control.configure(config)
 
     # ---- dispatch (server.connection.Handler) -------------------------------
 
@@ -131,20 +142,25 @@ class Gateway:
         request_id = rid if rid is not None and valid_request_id(rid) else new_request_id()
         path = request.target.decode("latin-1").partition("?")[0]
         inc = Incoming(request, hdrs, request_id, t0, Endpoint("unknown", path))
+        inc.session_id = session_header(hdrs)
         method = request.method
         try:
             inc.endpoint = endpoint = self.router.classify(request.target)
             if method == b"OPTIONS" and self.cors.enabled and inc.origin is not None:
                 client.send_response(204, self.cors.preflight(inc.origin), b"")
                 return
+            if endpoint.kind == "control":  # admin, sign-in, sessions: their own principal rules
+                self._local_async(client, inc, self.control.answer)
+                return
             if endpoint.path not in self.public_paths and self.keys:
                 presented = presented_key(hdrs)
                 inc.key = authenticate(self.keys, self.encoded_keys, presented)
-                if inc.key is None:
+                # a signed-in user may read the dashboard's numbers; /v1/... never takes a cookie
+                if inc.key is None and not (presented is None and self.control.lets_in(inc)):
                     msg = "missing gateway key: send Authorization: Bearer <key> or x-api-key" if presented is None else "invalid gateway key"
                     # RFC 9110 §15.5.2: a 401 MUST carry a challenge
                     raise GatewayError(401, msg, headers=[WWW_AUTHENTICATE])
-                if self.state.revoked and self.key_digests.get(inc.key.name) in self.state.revoked:
+                if inc.key is not None and self.state.revoked and self.key_digests.get(inc.key.name) in self.state.revoked:
                     # revoked at run time on this or another instance (issue 12)
                     inc.key = None
                     raise GatewayError(401, "gateway key revoked", headers=[WWW_AUTHENTICATE])
@@ -245,15 +261,17 @@ class Gateway:
                 bytes_out=bytes_out,
                 error=error,
                 key_limited=inc.key_limited,
+                session_id=inc.session_id.decode() if inc.session_id is not None else None,
             )
         )
 
     def _models(self, client: ClientConnection, inc: Incoming) -> None:
-        """GET /v1/models: an async listing; a client that leaves cancels it."""
+        """GET /v1/models (or /v1/models-by-provider): an async listing; a client that leaves cancels it."""
         anthropic = get_header(inc.headers, b"anthropic-version") is not None
         relay = self.relay
         config = self.config
-        task = self.loop.create_task(self.models.listing(config, relay, inc.key, anthropic, inc.request_id))
+        by_provider = inc.endpoint.rest == "models-by-provider"
+        task = self.loop.create_task(self.models.listing(config, relay, inc.key, anthropic, inc.request_id, by_provider))
         client.sink = _Waiting(task)
 
         def done(t: asyncio.Task[Reply]) -> None:
@@ -302,6 +320,30 @@ class Gateway:
             "pools": {k: list(v) for k, v in self.pools.stats().items()},
             "log_dropped": self.recorder.writer.dropped,
         }
+
+    def _local_async(self, client: ClientConnection, inc: Incoming, answer: Callable[[Incoming, bytes], Coroutine[Any, Any, Reply]]) -> None:
+        """A local answer that needs the whole (bounded) request body, computed off the head."""
+        sink = client.sink = _Collect()
+        client.send_continue()
+
+        def start() -> None:
+            task = sink.task = self.loop.create_task(answer(inc, b"".join(sink.parts)))
+            task.add_done_callback(done)
+
+        def done(t: asyncio.Task[Reply]) -> None:
+            if t.cancelled() or client.closed:
+                self._record_local(inc, 499, "client_closed", 0)
+                return
+            exc = t.exception()
+            if isinstance(exc, GatewayError):
+                self._error(client, inc, exc)
+            elif exc is not None:
+                log.error("%s failed", inc.endpoint.path, exc_info=exc)
+                self._error(client, inc, GatewayError(500, f"internal error: {type(exc).__name__}"))
+            else:
+                self._reply(client, inc, t.result())
+
+        sink.start = start
 
     # ---- local.LocalContext ---------------------------------------------------
 
@@ -354,6 +396,7 @@ class Gateway:
     def record(self, rec: RequestRecord) -> None:
         self.recorder.request_done(rec)
         self.state.count(rec)
+        self.control.observe(rec)
 
     def failed_attempt(self, failure: FailedAttempt) -> None:
         self.recorder.upstream_failure(failure)
@@ -367,6 +410,7 @@ class Gateway:
     def close(self) -> None:
         if self.siblings is not None:
             self.siblings.close()
+        self.control.close()
         self.pools.close()
         self.recorder.close()
 
@@ -413,3 +457,25 @@ class _Waiting:
 
     def on_client_gone(self) -> None:
         self.task.cancel()
+
+
+class _Collect:
+    """The client leg's sink for a local answer that reads the body first (admin writes)."""
+
+    __slots__ = ("parts", "start", "task")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.start: Callable[[], None] | None = None
+        self.task: asyncio.Task[Reply] | None = None
+
+    def on_body(self, data: bytes) -> None:
+        self.parts.append(data)  # bounded by server.max_body_bytes (the client leg enforces it)
+
+    def on_body_end(self) -> None:
+        if self.start is not None:
+            self.start()
+
+    def on_client_gone(self) -> None:
+        if self.task is not None:
+            self.task.cancel()

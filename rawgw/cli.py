@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
 import sys
 
 from rawgw import __version__
 from rawgw.logsetup import setup_logging
+from rawgw.presets import PRESETS
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -32,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("init", help="write a starter config")
     i.add_argument("path", nargs="?", default="gateway.toml")
     i.add_argument("--force", action="store_true", help="overwrite an existing file")
+    i.add_argument("--provider", choices=list(PRESETS), default="openrouter", help="the provider preset to write (default openrouter)")
 
     c = sub.add_parser("check", help="validate a config and print a summary")
     c.add_argument("-c", "--config")
@@ -48,6 +52,24 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Every command writes to stdout; a reader that stops early (`rawgw check | head -1`)
+    ends the command quietly, as it ends `cat`: no traceback, the shell's 141."""
+    try:
+        try:
+            code = _dispatch(argv)
+        except SystemExit as exc:  # argparse after --help, --version or a usage error
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python's own final flush would fail again and print "Exception ignored":
+        # point stdout at /dev/null first (the Python docs' recipe, "Note on SIGPIPE").
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE  # what a shell shows for a command SIGPIPE ended
+    return code
+
+
+def _dispatch(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return cmd_serve(args)
@@ -56,10 +78,14 @@ def main(argv: list[str] | None = None) -> int:
 
         setup_logging(args.log_level)
         return run_demo(args.port, args.once)
+    return _one_shot(args)
+
+
+def _one_shot(args: argparse.Namespace) -> int:
     if args.command == "init":
         from rawgw.config_commands import cmd_init
 
-        return cmd_init(args.path, args.force)
+        return cmd_init(args.path, args.force, args.provider)
     if args.command == "check":
         from rawgw.config_commands import cmd_check
 
@@ -93,22 +119,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for line in exc.errors:
             print(line, file=sys.stderr)
         return 2
-    setup_logging(args.log_level)
     host = args.host if args.host is not None else config.server.host
     port = args.port if args.port is not None else config.server.port
     workers = args.workers if args.workers is not None else config.server.workers
-    if workers > 1:
-        from rawgw.workers import run_workers
+    from rawgw.listen import ListenError, announce_listening
 
-        return run_workers(config, path, host, port, workers)
-    from rawgw.serve import install_event_loop_policy, serve_forever
+    try:
+        if workers > 1:
+            from rawgw.workers import run_workers
 
-    install_event_loop_policy()
+            # no setup_logging here: the supervisor must not start a log thread
+            return run_workers(config, path, host, port, workers, args.log_level)
+        from rawgw.serve import install_event_loop_policy, serve_forever
 
-    def announce(server: object) -> None:
-        print(f"rawgw listening on {server.url}", flush=True)  # type: ignore[attr-defined]
+        setup_logging(args.log_level)
+        install_event_loop_policy()
 
-    return asyncio.run(serve_forever(config, path, host, port, announce=announce))
+        def announce(server: object) -> None:
+            announce_listening(server.url)  # type: ignore[attr-defined]
+
+        return asyncio.run(serve_forever(config, path, host, port, announce=announce))
+    except ListenError as exc:
+        print(exc, file=sys.stderr, flush=True)
+        return 2
 
 
 if __name__ == "__main__":

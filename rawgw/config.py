@@ -12,6 +12,7 @@ warnings name the field and, at most, the masked key (:func:`mask_key`).
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import os
 import re
@@ -22,12 +23,15 @@ from fnmatch import fnmatchcase
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from rawgw.presets import OFFICIAL_KEY_PREFIXES
 from rawgw.upstream.socks import parse_proxy_url
 
 __all__ = [
     "DEFAULT_BASE_URLS",
     "ENV_PREFIX",
+    "KEY_FORMATS",
     "KEY_STRATEGIES",
+    "ON_DISCONNECT",
     "PROVIDER_TYPES",
     "RESERVED_PROVIDER_NAMES",
     "AuthConfig",
@@ -39,12 +43,14 @@ __all__ = [
     "KeyDefaults",
     "LoggingConfig",
     "MetricsConfig",
+    "ModelsConfig",
     "Provider",
     "Route",
     "ServerConfig",
     "find_config_path",
     "load_config",
     "mask_key",
+    "mask_keys",
     "parse_config",
     "read_toml",
 ]
@@ -113,6 +119,7 @@ class Provider:
     type: str
     base_url: str
     keys: tuple[str, ...] = field(repr=False)  # never in a repr: reprs end up in logs
+    key_format: str = "auto"  # "auto": prefix checked on the vendor's official host; "any": never
     key_strategy: str = "round-robin"
     cooldown_s: float = 14400.0
     priority: int = 1
@@ -120,10 +127,15 @@ class Provider:
     connect_timeout_s: float = 10.0
     first_byte_timeout_s: float = 300.0
     read_timeout_s: float = 300.0
+    timeout_s: float = 0.0  # one whole attempt, connect to response head; 0: unset
+    max_retries: int = 0  # extra attempts on this provider after each usable key had one
+    retry_backoff_s: float = 0.5  # first retry's wait; doubles per retry, with jitter
     pool_idle_s: float = 30.0
     max_connections: int = 256
     proxy: str = ""
     headers: tuple[tuple[str, str], ...] = ()
+    # list and serve only free models (OpenRouter ":free" ids or zero pricing)
+    free_only: bool = False
     scheme: str = "https"
     host: str = ""
     port: int = 443
@@ -140,6 +152,9 @@ class Route:
     # rawgw extension: the model to send to a particular provider of this route, e.g. a
     # failover provider that names the same model differently ({deepseek = "deepseek-chat"}).
     provider_models: tuple[tuple[str, str], ...] = ()
+    # A client hang-up after the request went upstream: "close" it at once (no more
+    # tokens billed, usage unknown) or "drain" it (read and discard the rest, record usage).
+    on_disconnect: str = "close"
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +164,11 @@ class LoggingConfig:
     chat: bool = False
     chat_file_limit: int = 15
     errors: bool = True
+    # access.jsonl / errors.jsonl (and admin.jsonl) are rotated before a write would take
+    # them past max_bytes (0: never; external logrotate + SIGHUP instead), keeping
+    # `backups` older files NAME.1 (newest) … NAME.<backups>.
+    max_bytes: int = 104_857_600
+    backups: int = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +194,13 @@ class StateConfig:
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
     enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ModelsConfig:
+    """``[models]``: the /v1/models listing. ``cache_ttl_s = 0`` fetches on every request."""
+
+    cache_ttl_s: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +248,9 @@ class Config:
     warnings: tuple[str, ...] = ()
     auth: AuthConfig = AuthConfig()
     state: StateConfig = StateConfig()
+    # [groups] NAME = [provider, ...]: /NAME/{rest} tried over those providers by priority
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    models: ModelsConfig = ModelsConfig()
 
 
 class ConfigError(Exception):
@@ -249,6 +279,16 @@ def mask_key(key: str) -> str:
         return "…" + (key[-shown:] if shown else "")
     prefix = next((p for p in _KEY_PREFIXES if key.startswith(p)), "")
     return f"{prefix}…{key[-4:]}"
+
+
+def mask_keys(keys: Iterable[str]) -> list[str]:
+    """:func:`mask_key` of each key of a pool, told apart by their index where two masks
+    would look the same (``keys[0] sk-or-…-key``, ``keys[1] sk-or-…-key``)."""
+    masks = [mask_key(k) for k in keys]
+    seen: dict[str, int] = {}
+    for m in masks:
+        seen[m] = seen.get(m, 0) + 1
+    return [f"keys[{i}] {m}" if seen[m] > 1 else m for i, m in enumerate(masks)]
 
 
 def find_config_path(cli_path: str | None) -> str | None:
@@ -291,23 +331,50 @@ def read_toml(path: str) -> dict[str, Any]:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
+        other = _other_format(path, text)
+        if other:
+            raise ConfigError([f"{path}: {other}, not TOML; convert it with `rawgw import {path}`"]) from None
         # tomllib's messages carry a position, never the offending value.
         raise ConfigError([f"{path}: TOML syntax error: {exc}"]) from None
     return data
 
 
-def parse_config(data: dict[str, Any], env: Mapping[str, str] | None = None, path: str | None = None) -> Config:
+_YAML_LINE: Final = re.compile(r"(---|[A-Za-z_][\w.-]*:(\s|$)|- )")
+_ENV_LINE: Final = re.compile(r"(export\s+)?[A-Z_][A-Z0-9_]*=")  # .env names are upper case; ours are not
+
+
+def _other_format(path: str, text: str) -> str:
+    """What a file that is not TOML looks like, when it is one `rawgw import` reads
+    (the other gateways' JSON, YAML and .env files); "" when it looks like broken TOML."""
+    try:
+        json.loads(text)
+        return "a JSON file"
+    except ValueError:
+        pass
+    name = os.path.basename(path).lower()
+    first = next((line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")), "")
+    if name.endswith((".yaml", ".yml")) or _YAML_LINE.match(first):
+        return "a YAML file"
+    if name.endswith(".env") or name.startswith(".env") or _ENV_LINE.match(first):
+        return "a .env file"
+    return ""
+
+
+def parse_config(
+    data: dict[str, Any], env: Mapping[str, str] | None = None, path: str | None = None, *, key_formats: bool = True
+) -> Config:
     """Validate an already-parsed TOML document and build the frozen :class:`Config`.
 
     ``path`` names the file the data came from; when given, its permissions are
-    checked if it holds literal secrets.
+    checked if it holds literal secrets. ``key_formats=False`` skips the key prefix
+    checks (a structural check against stand-in values, as ``rawgw import`` makes).
     """
-    return _Parser(os.environ if env is None else env).build(data, path)
+    return _Parser(os.environ if env is None else env, key_formats).build(data, path)
 
 
 # --------------------------------------------------------------------------- validation
 
-_SECTIONS: Final = ("server", "keys", "providers", "routes", "logging", "cache", "metrics", "auth", "state")
+_SECTIONS: Final = ("server", "keys", "providers", "routes", "logging", "cache", "metrics", "auth", "state", "groups", "models")
 _SERVER_FIELDS: Final = (
     "host", "port", "workers", "max_body_bytes", "max_header_bytes", "header_timeout_s",
     "keepalive_timeout_s", "shutdown_grace_s", "max_connections", "request_timeout_s",
@@ -315,15 +382,18 @@ _SERVER_FIELDS: Final = (
 )  # fmt: skip
 _KEY_FIELDS: Final = ("key", "name", "providers", "models", "rate_limit_rpm", "rate_limit_burst", "rate_limit_tpm", "admin")
 _PROVIDER_FIELDS: Final = (
-    "type", "base_url", "keys", "key_strategy", "cooldown_s", "priority", "models",
-    "connect_timeout_s", "first_byte_timeout_s", "read_timeout_s", "pool_idle_s",
-    "max_connections", "proxy", "headers",
+    "type", "base_url", "keys", "key_format", "key_strategy", "cooldown_s", "priority", "models",
+    "connect_timeout_s", "first_byte_timeout_s", "read_timeout_s", "timeout_s", "max_retries",
+    "retry_backoff_s", "pool_idle_s", "max_connections", "proxy", "headers", "free_only",
 )  # fmt: skip
-_ROUTE_FIELDS: Final = ("match", "model", "providers", "provider_order", "force_provider_order", "provider_models")
-_LOGGING_FIELDS: Final = ("dir", "access", "chat", "chat_file_limit", "errors")
+_ROUTE_FIELDS: Final = ("match", "model", "providers", "provider_order", "force_provider_order", "provider_models", "on_disconnect")
+KEY_FORMATS: Final = ("auto", "any")
+ON_DISCONNECT: Final = ("close", "drain")
+_LOGGING_FIELDS: Final = ("dir", "access", "chat", "chat_file_limit", "errors", "max_bytes", "backups")
 _CACHE_FIELDS: Final = ("enabled", "ttl_s", "max_entries")
 _STATE_FIELDS: Final = ("url", "prefix", "timeout_ms")
 _METRICS_FIELDS: Final = ("enabled",)
+_MODELS_FIELDS: Final = ("cache_ttl_s",)
 _GITHUB_FIELDS: Final = (
     "client_id", "client_secret", "allowed_users", "allowed_orgs", "admins", "oauth_base", "api_base",
     "redirect_url", "key_defaults",
@@ -331,6 +401,7 @@ _GITHUB_FIELDS: Final = (
 _KEY_DEFAULT_FIELDS: Final = ("providers", "models", "rate_limit_rpm", "rate_limit_burst")
 
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_LIST_SEPARATORS: Final = re.compile(r"[,\s]+")
 _PROVIDER_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # RFC 9110 §5.6.2: a field name is a token.
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -348,11 +419,6 @@ _FORBIDDEN_HEADERS: Final = frozenset(
         "x-api-key",
     }
 )  # fmt: skip
-_KEY_SHAPES: Final[Mapping[str, tuple[str, str]]] = {
-    "openrouter": ("sk-or-", "an OpenRouter key"),
-    "anthropic": ("sk-ant-", "an Anthropic key"),
-    "openai": ("sk-", "an OpenAI key"),
-}
 
 
 class _Unresolved:
@@ -408,8 +474,9 @@ def _did_you_mean(word: str, choices: Iterable[str]) -> str:
 class _Parser:
     """One validation run: collects errors and warnings instead of stopping at the first."""
 
-    def __init__(self, env: Mapping[str, str]) -> None:
+    def __init__(self, env: Mapping[str, str], key_formats: bool = True) -> None:
         self.env = env
+        self.key_formats = key_formats
         self.errors: list[str] = []
         self.warnings: list[str] = []
         self.from_env: set[str] = set()  # paths whose value came from env:NAME
@@ -431,21 +498,50 @@ class _Parser:
         if isinstance(value, str):
             if not value.startswith(ENV_PREFIX):
                 return value
-            name = value[len(ENV_PREFIX) :]
-            if not _ENV_NAME.fullmatch(name):
-                self.error(path, "invalid env: reference (expected env:NAME, NAME of letters, digits, _)")
-                return _UNRESOLVED
-            resolved = self.env.get(name)
-            if resolved is None:
-                self.error(path, f"environment variable {name} is not set")
-                return _UNRESOLVED
-            self.from_env.add(path)
+            resolved = self.env_value(value, path)
+            if resolved is not _UNRESOLVED:
+                self.from_env.add(path)
             return resolved
         if isinstance(value, dict):
             return {k: self.resolve(v, _join(path, k)) for k, v in value.items()}
         if isinstance(value, list):
-            return [self.resolve(v, f"{path}[{i}]") for i, v in enumerate(value)]
+            return self.resolve_list(value, path)
         return value
+
+    def env_value(self, ref: str, path: str) -> str | _Unresolved:
+        name = ref[len(ENV_PREFIX) :]
+        if not _ENV_NAME.fullmatch(name):
+            self.error(path, "invalid env: reference (expected env:NAME, NAME of letters, digits, _)")
+            return _UNRESOLVED
+        resolved = self.env.get(name)
+        if resolved is None:
+            self.error(path, f"environment variable {name} is not set")
+            return _UNRESOLVED
+        return resolved
+
+    def resolve_list(self, items: list[Any], path: str) -> list[Any]:
+        """An ``env:NAME`` entry of a list becomes as many entries as NAME holds, split on
+        commas and whitespace (``OPENROUTER_KEYS=k1,k2`` as the key-rotating proxy took
+        it): one variable never turns silently into one wrong value ``k1,k2``. Scalars
+        never split. Errors name the entry as written; later checks, the expanded list."""
+        out: list[Any] = []
+        for i, item in enumerate(items):
+            if not (isinstance(item, str) and item.startswith(ENV_PREFIX)):
+                out.append(self.resolve(item, f"{path}[{i}]"))
+                continue
+            resolved = self.env_value(item, f"{path}[{i}]")
+            if isinstance(resolved, _Unresolved):
+                out.append(resolved)
+                continue
+            parts = [p for p in _LIST_SEPARATORS.split(resolved) if p]
+            if not parts:
+                self.error(f"{path}[{i}]", f"environment variable {item[len(ENV_PREFIX) :]} is empty")
+                out.append(_UNRESOLVED)
+                continue
+            for part in parts:
+                self.from_env.add(f"{path}[{len(out)}]")
+                out.append(part)
+        return out
 
     def table(self, parent: Mapping[str, Any], name: str, path: str, known: tuple[str, ...]) -> _Table:
         raw = parent.get(name, _ABSENT)
@@ -509,6 +605,10 @@ class _Parser:
         metrics = MetricsConfig(enabled=self.table(data, "metrics", "metrics", _METRICS_FIELDS).get_bool("enabled", True))
         auth = self.auth(self.table(data, "auth", "auth", ("github",)))
         state = self.state(self.table(data, "state", "state", _STATE_FIELDS))
+        groups = self.groups(data)
+        models = ModelsConfig(
+            cache_ttl_s=self.table(data, "models", "models", _MODELS_FIELDS).get_seconds("cache_ttl_s", 300.0, positive=False)
+        )
         if self.errors:
             raise ConfigError(self.errors)
         if path is not None and self.literal_secrets and _readable_by_others(path):
@@ -525,7 +625,42 @@ class _Parser:
             warnings=tuple(self.warnings),
             auth=auth,
             state=state,
+            groups=groups,
+            models=models,
         )
+
+    def groups(self, data: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+        """``[groups] NAME = ["p1", "p2"]``: a named path ``/NAME/...`` with failover.
+
+        A group may share its name with a provider (the priority-router import makes
+        ``openai = ["openai", "openai_2"]``): the group then owns ``/NAME/...``.
+        """
+        raw = data.get("groups", _ABSENT)
+        if raw is _ABSENT:
+            return {}
+        if not isinstance(raw, dict):
+            self.error("groups", 'must be a table of NAME = ["provider", ...] ([groups])')
+            return {}
+        out: dict[str, tuple[str, ...]] = {}
+        for name, members in raw.items():
+            path = f"groups.{name}"
+            if not _PROVIDER_NAME.fullmatch(name):
+                self.error(path, "name must be letters, digits, '_', '.', '-' (it is used in URL paths)")
+                continue
+            if name in RESERVED_PROVIDER_NAMES:
+                self.error(path, f"name clashes with the gateway's own path /{name}/; choose another")
+                continue
+            if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
+                self.error(path, 'must be a non-empty list of provider names, e.g. ["openai", "openai_2"]')
+                continue
+            ok = True
+            for i, member in enumerate(members):
+                if member not in self.declared_providers:
+                    self.error(f"{path}[{i}]", f"unknown provider '{member}'" + _did_you_mean(member, self.declared_providers))
+                    ok = False
+            if ok:
+                out[name] = tuple(dict.fromkeys(members))
+        return out
 
     def server(self, t: _Table) -> ServerConfig:
         d = ServerConfig()
@@ -581,7 +716,8 @@ class _Parser:
         d = Provider(name=name, type="openai", base_url="", keys=())
         ptype = self.provider_type(name, t)
         parts = self.base_url(t, ptype)
-        keys = self.key_pool(t, ptype, parts[1] if parts else "")
+        key_format = t.get_choice("key_format", d.key_format, KEY_FORMATS)
+        keys = self.key_pool(t, parts[1] if parts else "", key_format)
         proxy = t.get_str("proxy", d.proxy, nonempty=False)
         if proxy and proxy.lower().startswith("socks"):
             reason = _socks_proxy_error(proxy)
@@ -597,9 +733,13 @@ class _Parser:
         priority = t.get_int("priority", d.priority)
         models = t.get_str_list("models", d.models)
         connect_timeout = t.get_seconds("connect_timeout_s", d.connect_timeout_s, positive=True)
+        timeout = t.get_seconds("timeout_s", d.timeout_s, positive=False)
+        max_retries = t.get_int("max_retries", d.max_retries, lo=0, hi=100)
+        retry_backoff = t.get_seconds("retry_backoff_s", d.retry_backoff_s, positive=False)
         pool_idle = t.get_seconds("pool_idle_s", d.pool_idle_s, positive=False)
         max_connections = t.get_int("max_connections", d.max_connections, lo=1)
         headers = self.headers(t)
+        free_only = t.get_bool("free_only", d.free_only)
         if ptype is None or parts is None or keys is None:
             return None
         scheme, host, port, base_path, base_url = parts
@@ -608,6 +748,7 @@ class _Parser:
             type=ptype,
             base_url=base_url,
             keys=keys,
+            key_format=key_format,
             key_strategy=key_strategy,
             cooldown_s=cooldown,
             priority=priority,
@@ -615,10 +756,14 @@ class _Parser:
             connect_timeout_s=connect_timeout,
             first_byte_timeout_s=first_byte,
             read_timeout_s=read_timeout,
+            timeout_s=timeout,
+            max_retries=max_retries,
+            retry_backoff_s=retry_backoff,
             pool_idle_s=pool_idle,
             max_connections=max_connections,
             proxy=proxy,
             headers=headers,
+            free_only=free_only,
             scheme=scheme,
             host=host,
             port=port,
@@ -658,7 +803,7 @@ class _Parser:
             return None
         return parts
 
-    def key_pool(self, t: _Table, ptype: str | None, host: str) -> tuple[str, ...] | None:
+    def key_pool(self, t: _Table, host: str, key_format: str) -> tuple[str, ...] | None:
         path = f"{t.path}.keys"
         raw = t.raw("keys")
         if raw is _ABSENT:
@@ -684,22 +829,28 @@ class _Parser:
             if key in seen:
                 self.warn(kpath, f"same key as keys[{seen[key]}]; a pool rotates over distinct keys")
             seen.setdefault(key, i)
-            self.check_key_shape(key, kpath, ptype, host)
+            if key_format == "auto" and self.key_formats:
+                self.check_key_shape(key, kpath, host)
             keys.append(key)
         return None if failed else tuple(keys)
 
-    def check_key_shape(self, key: str, path: str, ptype: str | None, host: str) -> None:
-        """Warn about a key that cannot belong to this vendor (a pasted-wrong-key smell).
+    def check_key_shape(self, key: str, path: str, host: str) -> None:
+        """A key that cannot belong to the vendor whose official host it is sent to.
 
-        type openai also fronts DeepSeek, Gemini and local servers, whose keys look like
-        anything, so its check applies only to api.openai.com itself.
+        An error, since that vendor would only answer 401 and disable it at the first
+        request. Checked on official hosts only: type openai also fronts local servers,
+        proxies and other vendors, whose keys look like anything. Never echoes the key.
         """
-        shape = _KEY_SHAPES.get(ptype or "")
-        if shape is None or (ptype == "openai" and host != "api.openai.com"):
+        shape = OFFICIAL_KEY_PREFIXES.get(host.lower())
+        if shape is None:
             return
         prefix, what = shape
         if not key.startswith(prefix):
-            self.warn(path, f"{mask_key(key)} does not look like {what} ({prefix}…)")
+            self.error(
+                path,
+                f"does not look like {what} (they start with {prefix}); check the key, "
+                'or set key_format = "any" if this server takes other keys',
+            )
 
     def headers(self, t: _Table) -> tuple[tuple[str, str], ...]:
         raw = t.raw("headers")
@@ -792,6 +943,7 @@ class _Parser:
                 provider_order=t.get_str_list("provider_order", ()),
                 force_provider_order=t.get_bool("force_provider_order", False),
                 provider_models=self.provider_models(t),
+                on_disconnect=t.get_choice("on_disconnect", "close", ON_DISCONNECT),
             )
             self.check_route(route, index, out, providers)
             out.append(route)
@@ -839,6 +991,8 @@ class _Parser:
             chat=t.get_bool("chat", d.chat),
             chat_file_limit=t.get_int("chat_file_limit", d.chat_file_limit, lo=1),
             errors=t.get_bool("errors", d.errors),
+            max_bytes=t.get_int("max_bytes", d.max_bytes, lo=0),
+            backups=t.get_int("backups", d.backups, lo=0),
         )
 
     def state(self, t: _Table) -> StateConfig:

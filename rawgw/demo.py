@@ -201,6 +201,7 @@ def _dechunk(data: bytes) -> bytes:
 
 
 async def _demo(port: int, once: bool) -> int:
+    from rawgw.listen import announce_listening
     from rawgw.serve import serve_forever
 
     loop = asyncio.get_running_loop()
@@ -215,7 +216,7 @@ async def _demo(port: int, once: bool) -> int:
     serving = loop.create_task(serve_forever(config, None, announce=announce))
     gw_port = await ready
     url = f"http://127.0.0.1:{gw_port}"
-    print(f"rawgw listening on {url}  (demo: mock upstream on http://127.0.0.1:{upstream_port}/v1)")
+    announce_listening(url, f"  (demo: mock upstream on http://127.0.0.1:{upstream_port}/v1)")
     if not once:
         print(
             f"""

@@ -36,7 +36,21 @@ def new_request_id() -> bytes:
 class Incoming:
     """One request head and what the dispatch learned about it."""
 
-    __slots__ = ("deadline", "endpoint", "headers", "key", "key_limited", "limit_deferred", "method", "origin", "rate_headers", "request", "request_id", "t0")
+    __slots__ = (
+        "deadline",
+        "endpoint",
+        "headers",
+        "key",
+        "key_limited",
+        "limit_deferred",
+        "method",
+        "origin",
+        "rate_headers",
+        "request",
+        "request_id",
+        "session_id",
+        "t0",
+    )
 
     def __init__(self, request: h11.Request, headers: list[Header], request_id: bytes, t0: float, endpoint: Endpoint) -> None:
         self.request = request
@@ -53,6 +67,7 @@ class Incoming:
         # needs a round trip), not in the synchronous dispatch
         self.limit_deferred = False
         self.deadline = t0
+        self.session_id: bytes | None = None  # a valid X-Session-ID (rawgw.control.sessions), echoed
 
     @property
     def key_name(self) -> str:
@@ -73,6 +88,8 @@ def response_extras(
     """The gateway's headers on an answer: request id, limits, cache, routing, timing, CORS."""
     now = perf_counter()
     out: list[Header] = [(b"x-request-id", inc.request_id)]
+    if inc.session_id is not None:
+        out.append((b"x-session-id", inc.session_id))  # echoed as a header; bodies stay untouched
     if inc.rate_headers:
         out.extend(inc.rate_headers)
     if cache is not None:

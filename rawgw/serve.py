@@ -15,6 +15,7 @@ from rawgw.config import Config, ConfigError
 from rawgw.configfile import load_config
 from rawgw.errors import GatewayError
 from rawgw.http.date import http_date
+from rawgw.listen import ListenError
 from rawgw.server.connection import ClientConnection
 
 log = logging.getLogger("rawgw")
@@ -57,9 +58,13 @@ class Server:
         if sock is not None:
             self.server = await loop.create_server(factory, sock=sock, backlog=1024)
         else:
-            self.server = await loop.create_server(
-                factory, host if host is not None else cfg.host, port if port is not None else cfg.port, backlog=1024, reuse_address=True
-            )
+            host = host if host is not None else cfg.host
+            port = port if port is not None else cfg.port
+            try:
+                self.server = await loop.create_server(factory, host, port, backlog=1024, reuse_address=True)
+            except OSError as exc:  # in use, not permitted, no such address
+                gw.close()
+                raise ListenError(host, port, exc) from None
         addr = self.server.sockets[0].getsockname()
         self.host, self.port = addr[0], addr[1]
 
@@ -76,6 +81,10 @@ class Server:
             for line in exc.errors:
                 print(line, file=sys.stderr, flush=True)
             print("rawgw: reload failed, keeping the previous config", file=sys.stderr, flush=True)
+            # SIGHUP is also logrotate's "reopen your files": that must not depend on
+            # the config file being valid right now.
+            if self.gateway is not None:
+                self.gateway.recorder.reopen()
             return False
         self.config = config
         if self.gateway is not None:
@@ -125,9 +134,14 @@ async def serve_forever(
     sock: socket.socket | None = None,
     announce: Callable[[Server], None] | None = None,
     workers: int = 1,
+    log_warnings: bool = True,
     siblings_dir: str | None = None,
     worker_index: int = 0,
 ) -> int:
+    """Serve until SIGTERM/SIGINT, then drain; raises :class:`ListenError` when the
+    address cannot be bound. ``log_warnings=False``: the caller reports the config's
+    warnings (the workers' supervisor, once for all). ``siblings_dir``/``worker_index``:
+    a worker's metrics snapshot socket (rawgw.observe.siblings)."""
     server = Server(config, workers, siblings_dir, worker_index)
     await server.start(host, port, sock)
     loop = asyncio.get_running_loop()
@@ -141,10 +155,11 @@ async def serve_forever(
         loop.add_signal_handler(sig, on_stop)
     if config_path is not None:
         loop.add_signal_handler(signal.SIGHUP, server.reload, config_path)
-    for warning in config.warnings if config_path is not None else ():
-        log.warning("%s", warning)
+    # The listening line first: a script reading the first line of `2>&1` gets the URL.
     if announce is not None:
         announce(server)
+    for warning in config.warnings if config_path is not None and log_warnings else ():
+        log.warning("%s", warning)
     await stop
     await server.shutdown()
     return 0

@@ -31,6 +31,8 @@ class MockGithub:
         self.login = "octocat"
         self.orgs: dict[str, list[str]] = {}
         self.device_script: list[str] = []
+        self.device_interval = 5  # what /login/device/code tells the client (0: poll at once)
+        self.device_expires_in = 900
         self.codes: dict[str, str] = {}  # unused code -> login
         self.tokens: dict[str, str] = {}  # token -> login
         self.device_codes: dict[str, str] = {}  # device_code -> login
@@ -112,7 +114,7 @@ class MockGithub:
                 return js({"error": "incorrect_client_credentials"}, 401)
             device_code = secrets.token_hex(20)
             self.device_codes[device_code] = self.login
-            return js({"device_code": device_code, "user_code": "ABCD-1234", "verification_uri": f"{self.url}/login/device", "expires_in": 900, "interval": 5})
+            return js({"device_code": device_code, "user_code": "ABCD-1234", "verification_uri": f"{self.url}/login/device", "expires_in": self.device_expires_in, "interval": self.device_interval})
         if method == "POST" and path == "/login/oauth/access_token":
             if headers.get("accept") != "application/json":
                 return 200, [("content-type", "application/x-www-form-urlencoded")], b"error=accept_json_please"

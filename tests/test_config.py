@@ -18,6 +18,7 @@ from rawgw.config import (
     GatewayKey,
     LoggingConfig,
     MetricsConfig,
+    ModelsConfig,
     Provider,
     Route,
     ServerConfig,
@@ -25,6 +26,7 @@ from rawgw.config import (
     find_config_path,
     load_config,
     mask_key,
+    mask_keys,
     parse_config,
 )
 
@@ -87,7 +89,7 @@ def test_defaults_of_a_minimal_config() -> None:
     ],
 )
 def test_default_base_url_per_type(ptype: str, base_url: str, host: str, base_path: str) -> None:
-    cfg = parse_config({"providers": {"up": {"type": ptype, "keys": ["k" * 20]}}}, {})
+    cfg = parse_config({"providers": {"up": {"type": ptype, "keys": ["k" * 20], "key_format": "any"}}}, {})
     p = cfg.providers["up"]
     assert (p.base_url, p.host, p.base_path, p.port) == (base_url, host, base_path, 443)
 
@@ -283,6 +285,47 @@ def test_env_value_is_type_checked_after_resolution() -> None:
     ]
 
 
+@pytest.mark.parametrize("value", [f"{OR_KEY_1},{OR_KEY_2}", f"{OR_KEY_1} {OR_KEY_2}", f" {OR_KEY_1},\n {OR_KEY_2},"])
+def test_env_list_entry_splits_on_commas_and_whitespace(value: str) -> None:
+    """Issue 10.6: keys = ["env:OPENROUTER_KEYS"] with OPENROUTER_KEYS="a,b" or "a b" is two
+    keys (as the key-rotating proxy read that variable), never one key "a,b"."""
+    doc = {"keys": [{"key": "env:GW"}], "providers": {"openrouter": {"keys": ["env:OPENROUTER_KEYS", "env:OR1"]}}}
+    cfg = parse_config(doc, {"OPENROUTER_KEYS": value, "OR1": OR_KEY_1, "GW": GW_KEY})
+    assert cfg.providers["openrouter"].keys == (OR_KEY_1, OR_KEY_2, OR_KEY_1)
+    # every piece came from the environment: no "literal secret" warning for any of them
+    assert [w for w in cfg.warnings if "literal" in w] == []
+    assert cfg.warnings == ("providers.openrouter.keys[2]: same key as keys[0]; a pool rotates over distinct keys",)
+
+
+def test_env_list_split_applies_to_every_string_list_but_never_to_a_scalar() -> None:
+    doc = toml_doc(
+        """
+        [server]
+        cors_origins = ["env:ORIGINS"]
+        [[keys]]
+        key = "env:GWS"
+        models = ["env:MODELS", "gpt-4*"]
+        [providers.openrouter]
+        keys = ["env:OR1"]
+        """
+    )
+    env = {**ENV, "ORIGINS": "https://a.example, https://b.example", "MODELS": "claude-* deepseek/*", "GWS": "gw-one-0123456789,gw-two-0123456789"}
+    env["GWS"] = GW_KEY
+    cfg = parse_config(doc, env)
+    assert cfg.server.cors_origins == ("https://a.example", "https://b.example")
+    assert cfg.keys[0].models == ("claude-*", "deepseek/*", "gpt-4*")
+    # a scalar holding commas or spaces is one value, checked as one
+    env["GWS"] = "gw,with,commas"
+    assert parse_config(doc, env).keys[0].key == "gw,with,commas"
+    env["GWS"] = "gw-one-0123456789 gw-two-0123456789"
+    assert errors_of(doc, env) == ["keys[0].key: must be visible ASCII without spaces or control characters"]
+
+
+def test_env_list_entry_empty_is_an_error_naming_it() -> None:
+    errs = errors_of({"providers": {"openrouter": {"keys": ["env:OPENROUTER_KEYS"]}}}, {"OPENROUTER_KEYS": " , "})
+    assert errs == ["providers.openrouter.keys[0]: environment variable OPENROUTER_KEYS is empty"]
+
+
 def test_invalid_env_reference() -> None:
     errs = errors_of({"providers": {"openrouter": {"keys": ["env:"]}}})
     assert len(errs) == 1 and errs[0].startswith("providers.openrouter.keys[0]: invalid env: reference")
@@ -328,7 +371,9 @@ ERROR_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("pool empty", {"providers": {"openrouter": {"keys": []}}}, "providers.openrouter.keys: empty key pool; add at least one key"),
     ("pool missing", {"providers": {"openrouter": {}}}, 'providers.openrouter.keys: required: a pool of at least one key, e.g. ["env:NAME"]'),
     ("pool str", {"providers": {"openrouter": {"keys": "env:OR1"}}}, "providers.openrouter.keys: must be a list of strings"),
-    ("pool key newline", {"providers": {"openrouter": {"keys": ["env:NL"]}}}, "providers.openrouter.keys[0]: must be visible ASCII without spaces or control characters"),
+    # a list entry from env: splits on whitespace (a pasted newline just ends the key); a scalar never does
+    ("gateway key newline", minimal(keys=[{"key": "env:NL"}]), "keys[0].key: must be visible ASCII without spaces or control characters"),
+    ("pool key control", {"providers": {"openrouter": {"keys": ["env:CTL"]}}}, "providers.openrouter.keys[0]: must be visible ASCII without spaces or control characters"),
     ("strategy", minimal(providers={"openrouter": {"keys": ["env:OR1"], "key_strategy": "rr"}}), "providers.openrouter.key_strategy: must be one of round-robin, first, random"),
     ("cooldown", minimal(providers={"openrouter": {"keys": ["env:OR1"], "cooldown_s": -5}}), "providers.openrouter.cooldown_s: must be a number of seconds >= 0"),
     ("connect", minimal(providers={"openrouter": {"keys": ["env:OR1"], "connect_timeout_s": 0}}), "providers.openrouter.connect_timeout_s: must be a number of seconds > 0"),
@@ -351,8 +396,8 @@ ERROR_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("header nul", minimal(providers={"openrouter": {"keys": ["env:OR1"], "headers": {"X-A": "a\x00"}}}), "providers.openrouter.headers.X-A: must not contain CR, LF or NUL"),
     ("header value type", minimal(providers={"openrouter": {"keys": ["env:OR1"], "headers": {"X-A": 1}}}), "providers.openrouter.headers.X-A: must be a string"),
     ("header forbidden", minimal(providers={"openrouter": {"keys": ["env:OR1"], "headers": {"Content-Length": "1"}}}), "providers.openrouter.headers.Content-Length: set by the gateway itself; cannot be configured"),
-    ("provider name", {"providers": {"my provider": {"type": "openai", "keys": ["k" * 16]}}}, "providers.my provider: name must be letters, digits, '_', '.', '-' (it is used in URL paths)"),
-    ("provider reserved", {"providers": {"v1": {"type": "openai", "keys": ["k" * 16]}}}, "providers.v1: name clashes with the gateway's own path /v1/; choose another"),
+    ("provider name", {"providers": {"my provider": {"type": "openai", "keys": ["sk-" + "k" * 16]}}}, "providers.my provider: name must be letters, digits, '_', '.', '-' (it is used in URL paths)"),
+    ("provider reserved", {"providers": {"v1": {"type": "openai", "keys": ["sk-" + "k" * 16]}}}, "providers.v1: name clashes with the gateway's own path /v1/; choose another"),
     ("routes table", minimal(routes={"match": "x"}), "routes: must be an array of tables ([[routes]])"),
     ("route match", minimal(routes=[{"model": "x"}]), "routes[0].match: required"),
     ("route match empty", minimal(routes=[{"match": ""}]), "routes[0].match: must not be empty"),
@@ -375,7 +420,7 @@ ERROR_CASES: list[tuple[str, dict[str, Any], str]] = [
 
 @pytest.mark.parametrize(("doc", "expected"), [c[1:] for c in ERROR_CASES], ids=[c[0] for c in ERROR_CASES])
 def test_error_message(doc: dict[str, Any], expected: str) -> None:
-    errs = errors_of(doc, {**ENV, "NL": OR_KEY_1 + "\n"})
+    errs = errors_of(doc, {**ENV, "NL": OR_KEY_1 + "\n", "CTL": OR_KEY_1 + "\x01x"})
     assert expected in errs
     assert len(errs) == 1, errs
 
@@ -444,45 +489,51 @@ def test_clean_config_has_no_warnings() -> None:
 
 
 @pytest.mark.parametrize(
-    ("ptype", "base_url", "key", "warning"),
+    ("ptype", "base_url", "key", "error"),
     [
-        (
-            "openrouter",
-            None,
-            OAI_KEY,
-            "providers.p.keys[0]: sk-proj-…Wx34 does not look like an OpenRouter key (sk-or-…)",
-        ),
-        (
-            "anthropic",
-            None,
-            OR_KEY_1,
-            "providers.p.keys[0]: sk-or-…1c0d does not look like an Anthropic key (sk-ant-…)",
-        ),
-        (
-            "openai",
-            None,
-            "AIzaSyD-0123456789abcdefghijklmnop",
-            "providers.p.keys[0]: …mnop does not look like an OpenAI key (sk-…)",
-        ),
-        (
-            "openai",
-            "https://generativelanguage.googleapis.com/v1beta/openai",
-            "AIzaSyD-0123456789abcdefghijklmnop",
-            None,
-        ),
+        ("openrouter", None, OAI_KEY, "providers.p.keys[0]: does not look like an OpenRouter key (they start with sk-or-)"),
+        ("anthropic", None, OR_KEY_1, "providers.p.keys[0]: does not look like an Anthropic key (they start with sk-ant-)"),
+        ("openai", None, "AIzaSyD-0123456789abcdefghijklmnop", "providers.p.keys[0]: does not look like an OpenAI key (they start with sk-)"),
+        ("openai", "https://api.deepseek.com/v1", "ds-0123456789abcdef", "providers.p.keys[0]: does not look like a DeepSeek key (they start with sk-)"),
+        # the host decides, not the type: an OpenRouter key sent to openrouter.ai by an openai-type provider
+        ("openai", "https://openrouter.ai/api/v1", OAI_KEY, "providers.p.keys[0]: does not look like an OpenRouter key (they start with sk-or-)"),
+        ("openai", "https://generativelanguage.googleapis.com/v1beta/openai", "AIzaSyD-0123456789abcdefghijklmnop", None),
+        # not the vendor's official host: a local server or a proxy takes any key
+        ("openrouter", "http://127.0.0.1:8000/api/v1", "x", None),
+        ("anthropic", "https://claude-proxy.internal", "x", None),
+        ("openai", "http://localhost:11434/v1", "x", None),
         ("openrouter", None, OR_KEY_1, None),
         ("anthropic", None, ANT_KEY, None),
         ("openai", None, OAI_KEY, None),
     ],
 )
-def test_key_format_warnings(ptype: str, base_url: str | None, key: str, warning: str | None) -> None:
+def test_key_format_errors(ptype: str, base_url: str | None, key: str, error: str | None) -> None:
     provider: dict[str, Any] = {"type": ptype, "keys": ["env:K"]}
     if base_url:
         provider["base_url"] = base_url
-    cfg = parse_config({"keys": [{"key": "env:GW"}], "providers": {"p": provider}}, {"K": key, "GW": GW_KEY})
-    shape = [w for w in cfg.warnings if "does not look like" in w]
-    assert shape == ([warning] if warning else [])
-    assert key not in "".join(cfg.warnings)
+    doc = {"keys": [{"key": "env:GW"}], "providers": {"p": provider}}
+    env = {"K": key, "GW": GW_KEY}
+    if error is None:
+        parse_config(doc, env)
+        return
+    errs = errors_of(doc, env)
+    assert len(errs) == 1 and errs[0].startswith(error), errs
+    assert 'key_format = "any"' in errs[0]
+    assert key not in errs[0] and key[-4:] not in errs[0]  # neither the value nor its masked form
+    # key_format = "any" turns the check off (a server that takes other keys)
+    provider["key_format"] = "any"
+    assert parse_config(doc, env).providers["p"].keys == (key,)
+
+
+def test_key_format_names_each_bad_key_by_index() -> None:
+    doc = {"providers": {"openrouter": {"keys": ["env:A", "env:B", "env:C"]}}}
+    errs = errors_of(doc, {"A": OR_KEY_1, "B": ANT_KEY, "C": "plain-0123456789"})
+    assert [e.split(":")[0] for e in errs] == ["providers.openrouter.keys[1]", "providers.openrouter.keys[2]"]
+
+
+def test_key_format_must_be_known() -> None:
+    errs = errors_of({"providers": {"p": {"type": "openai", "keys": [OAI_KEY], "key_format": "sk-"}}})
+    assert errs == ["providers.p.key_format: must be one of auto, any"]
 
 
 def test_literal_secret_warnings() -> None:
@@ -563,15 +614,16 @@ def test_no_secret_in_any_error_or_warning() -> None:
     errs = errors_of(doc)
     assert len(errs) >= 6
     text = "\n".join(errs)
+    assert "does not look like" in text  # misplaced keys are errors, named by index only
     for secret in SECRETS:
         assert secret not in text
-    # and the warnings of a valid config with misplaced keys
+    # and the warnings of a valid config
     ok = {
         "keys": [{"key": GW_KEY}],
-        "providers": {"openrouter": {"keys": [ANT_KEY, ANT_KEY]}, "anthropic": {"keys": ["env:OR1"]}},
+        "providers": {"openrouter": {"keys": [OR_KEY_1, OR_KEY_1]}, "anthropic": {"keys": ["env:ANT"]}},
     }
     warnings = "\n".join(parse_config(ok, ENV).warnings)
-    assert "does not look like" in warnings and "literal secret" in warnings
+    assert "same key as" in warnings and "literal secret" in warnings
     for secret in SECRETS:
         assert secret not in warnings
 
@@ -702,6 +754,7 @@ def test_example_file_shows_every_option() -> None:
         "cache": CacheConfig,
         "metrics": MetricsConfig,
         "state": StateConfig,
+        "models": ModelsConfig,
     }
     for section, cls in settable.items():
         assert set(doc[section]) == {f.name for f in dataclasses.fields(cls)}, section
@@ -716,3 +769,40 @@ def test_example_file_shows_every_option() -> None:
     for line in EXAMPLE.read_text().splitlines():
         if "=" in line and not line.lstrip().startswith("#"):
             assert "#" in line, line
+
+
+# --------------------------------------------------------------------------- issue 10.8
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "what"),
+    [
+        ("llm_router_config.json", '{"providers": [{"name": "or", "priority": 1}]}', "a JSON file"),
+        ("mapping.toml", '[{"model": "gpt-4", "provider": ["DeepInfra"]}]', "a JSON file"),
+        ("litellm.yaml", "model_list:\n  - model_name: gpt-4\n", "a YAML file"),
+        ("config", "# comment\nmodel_list:\n  - model_name: gpt-4\n", "a YAML file"),
+        ("proxy.env", "OPENROUTER_KEYS=sk-or-v1-aaaa,sk-or-v1-bbbb\n", "a .env file"),
+    ],
+)
+def test_a_file_of_another_format_points_at_import(tmp_path: Path, name: str, text: str, what: str) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path), ENV)
+    assert info.value.errors == [f"{path}: {what}, not TOML; convert it with `rawgw import {path}`"]
+
+
+def test_broken_toml_is_still_a_toml_error(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text('[server\nport = 8080\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path), ENV)
+    (line,) = info.value.errors
+    assert line.startswith(f"{path}: TOML syntax error: ") and "rawgw import" not in line
+
+
+def test_mask_keys_tells_same_looking_keys_apart() -> None:
+    a, b, c = "sk-or-v1-first-one-key", "sk-or-v1-second-two-key", "sk-or-v1-other-a1b2"
+    assert mask_key(a) == mask_key(b)
+    assert mask_keys([a, b, c]) == ["keys[0] sk-or-…-key", "keys[1] sk-or-…-key", "sk-or-…a1b2"]
+    assert mask_keys([c, OR_KEY_1]) == [mask_key(c), mask_key(OR_KEY_1)]

@@ -21,7 +21,14 @@ OAI_KEY = "sk-proj-Ab12Cd34Ef56Gh78Ij90Kl12Mn34Op56Qr78St90Uv12Wx34"
 DS_KEY = "sk-5b9e0c1d2a3f4e5d6c7b8a9f0e1d2c3b"
 ANT_KEY = "sk-ant-api03-Zq9xW8vU7tS6rR5qP4oN3mM2lL1kK0jJ-iIhHgGfFeEdDcCbBaA-9z8y7xAA"
 GW_SECRET = "gw-7d3c1f0e9b8a6d5c4b3a2f1e0d9c8b7a"
-ALL_SECRETS = (OR_KEY_1, OR_KEY_2, VK_OR_KEY, VK_ANT_KEY, OAI_KEY, DS_KEY, ANT_KEY, GW_SECRET)
+# virtual keys are credentials too: their clients send them as Bearer tokens
+VK_TEAM_A = "vk_team_a_openrouter"
+VK_TEAM_B = "vk_team_b_openrouter"
+VK_CLAUDE = "vk_claude_team_anthropic"
+VK_FROM_ENV = "vk_from_env_openai"
+ALL_SECRETS = (
+    OR_KEY_1, OR_KEY_2, VK_OR_KEY, VK_ANT_KEY, OAI_KEY, DS_KEY, ANT_KEY, GW_SECRET, VK_TEAM_A, VK_TEAM_B, VK_CLAUDE, VK_FROM_ENV,
+)  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
@@ -219,10 +226,10 @@ PROVIDER_MAPPING = [
 ]
 VIRTUAL_KEYS = {
     "virtual_keys": {
-        "team-a": {"provider": "openrouter", "api_key": VK_OR_KEY},
-        "team-b": {"provider": "openrouter", "api_key": VK_OR_KEY},
-        "claude-team": {"provider": "anthropic", "api_key": VK_ANT_KEY},
-        "from-env": {"provider": "openai", "api_key": "env:TEAM_OPENAI_KEY"},
+        VK_TEAM_A: {"provider": "openrouter", "api_key": VK_OR_KEY},
+        VK_TEAM_B: {"provider": "openrouter", "api_key": VK_OR_KEY},
+        VK_CLAUDE: {"provider": "anthropic", "api_key": VK_ANT_KEY},
+        VK_FROM_ENV: {"provider": "openai", "api_key": "env:TEAM_OPENAI_KEY"},
     }
 }
 PRIORITY_ROUTER = {
@@ -282,7 +289,7 @@ def run_import(
 
 def load_with_dummy_env(text: str) -> Any:
     env = {name: f"value-of-{name.lower()}-0123456789" for name in env_refs(text)}
-    return parse_config(tomllib.loads(text), env)
+    return parse_config(tomllib.loads(text), env, key_formats=False)  # dummy values have no vendor prefix
 
 
 # --------------------------------------------------------------------------- import: each format
@@ -308,38 +315,70 @@ def test_import_provider_mapping(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 def test_import_virtual_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     files = write_inputs(tmp_path)
-    stdout, _, doc = run_import([files["vk"]], capsys)
-    # team-a and team-b share an api_key, so they share a provider
+    stdout, text, doc = run_import([files["vk"]], capsys)
+    # named by provider, never by the virtual key (a credential); the two openrouter virtual
+    # keys share an api_key, so they share a provider
     assert doc["providers"] == {
-        "openrouter_team-a": {"type": "openrouter", "keys": ["env:RAWGW_VK_TEAM_A"]},
-        "anthropic_claude-team": {"type": "anthropic", "keys": ["env:RAWGW_VK_CLAUDE_TEAM"]},
-        "openai_from-env": {"type": "openai", "keys": ["env:TEAM_OPENAI_KEY"]},
+        "openrouter": {"type": "openrouter", "keys": ["env:RAWGW_OPENROUTER_KEY"]},
+        "anthropic": {"type": "anthropic", "keys": ["env:RAWGW_ANTHROPIC_KEY"]},
+        "openai": {"type": "openai", "keys": ["env:TEAM_OPENAI_KEY"]},
     }
-    assert [(k["name"], k["providers"]) for k in doc["keys"]] == [
-        ("team-a", ["openrouter_team-a"]),
-        ("team-b", ["openrouter_team-a"]),
-        ("claude-team", ["anthropic_claude-team"]),
-        ("from-env", ["openai_from-env"]),
+    assert [(k["name"], k["key"], k["providers"]) for k in doc["keys"]] == [
+        ("openrouter_1", "env:RAWGW_GATEWAY_KEY_OPENROUTER_1", ["openrouter"]),
+        ("openrouter_2", "env:RAWGW_GATEWAY_KEY_OPENROUTER_2", ["openrouter"]),
+        ("anthropic_1", "env:RAWGW_GATEWAY_KEY_ANTHROPIC_1", ["anthropic"]),
+        ("openai_1", "env:RAWGW_GATEWAY_KEY_OPENAI_1", ["openai"]),
     ]
-    assert len({k["key"] for k in doc["keys"]}) == 4  # distinct gateway keys
-    assert f"export RAWGW_VK_TEAM_A={mask_key(VK_OR_KEY)}" in stdout
-    assert f"export RAWGW_VK_CLAUDE_TEAM={mask_key(VK_ANT_KEY)}" in stdout
+    assert f"export RAWGW_OPENROUTER_KEY={mask_key(VK_OR_KEY)}" in stdout
+    assert f"export RAWGW_ANTHROPIC_KEY={mask_key(VK_ANT_KEY)}" in stdout
     assert "export TEAM_OPENAI_KEY=" in stdout  # an env: value is kept, and listed
-    assert "export RAWGW_GATEWAY_KEY_TEAM_A=" in stdout
+    # which name stands for which virtual key, masked
+    assert f"gateway key anthropic_1 = virtual key {mask_key(VK_CLAUDE)} (env:RAWGW_GATEWAY_KEY_ANTHROPIC_1)" in stdout
+    assert f"export RAWGW_GATEWAY_KEY_OPENAI_1={mask_key(VK_FROM_ENV)}" in stdout
+    # [[keys]] tables, never a top-level inline `keys = [...]` that a [server] table added
+    # above would swallow (as server.keys)
+    assert text.count("[[keys]]") == 4 and not re.search(r"^keys = \[\s*\{", text, re.M)
+    assert tomllib.loads("[server]\nport = 1\n" + text)["keys"] == doc["keys"]
     cfg = parse_config(
         doc,
         {
-            "RAWGW_VK_TEAM_A": VK_OR_KEY,
-            "RAWGW_VK_CLAUDE_TEAM": VK_ANT_KEY,
+            "RAWGW_OPENROUTER_KEY": VK_OR_KEY,
+            "RAWGW_ANTHROPIC_KEY": VK_ANT_KEY,
             "TEAM_OPENAI_KEY": OAI_KEY,
-            "RAWGW_GATEWAY_KEY_TEAM_A": "gw-a-0123456789abcdef",
-            "RAWGW_GATEWAY_KEY_TEAM_B": "gw-b-0123456789abcdef",
-            "RAWGW_GATEWAY_KEY_CLAUDE_TEAM": "gw-c-0123456789abcdef",
-            "RAWGW_GATEWAY_KEY_FROM_ENV": "gw-d-0123456789abcdef",
+            "RAWGW_GATEWAY_KEY_OPENROUTER_1": VK_TEAM_A,
+            "RAWGW_GATEWAY_KEY_OPENROUTER_2": VK_TEAM_B,
+            "RAWGW_GATEWAY_KEY_ANTHROPIC_1": VK_CLAUDE,
+            "RAWGW_GATEWAY_KEY_OPENAI_1": VK_FROM_ENV,
         },
     )
-    assert cfg.providers["anthropic_claude-team"].keys == (VK_ANT_KEY,)
+    assert cfg.providers["anthropic"].keys == (VK_ANT_KEY,)
+    assert cfg.keys[2].key == VK_CLAUDE
     assert cfg.warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("provider", "ptype", "base_url"),
+    [
+        ("deepseek", "openai", "https://api.deepseek.com/v1"),
+        ("gemini", "openai", "https://generativelanguage.googleapis.com/v1beta/openai"),
+        ("groq", "openai", "https://api.groq.com/openai/v1"),
+        ("mistral", "openai", "https://api.mistral.ai/v1"),
+        ("together", "openai", "https://api.together.xyz/v1"),
+        ("OpenRouter", "openrouter", None),
+    ],
+)
+def test_import_virtual_keys_known_provider_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], provider: str, ptype: str, base_url: str | None
+) -> None:
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps({"virtual_keys": {VK_TEAM_A: {"provider": provider, "api_key": DS_KEY}}}))
+    _, _, doc = run_import([str(path)], capsys)
+    name = provider.lower()
+    expected: dict[str, Any] = {"type": ptype, "keys": [f"env:RAWGW_{name.upper()}_KEY"]}
+    if base_url:
+        expected["base_url"] = base_url
+    assert doc["providers"] == {name: expected}
+    assert doc["keys"][0]["name"] == f"{name}_1"
 
 
 def test_import_priority_router(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -348,26 +387,38 @@ def test_import_priority_router(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert doc["providers"] == {
         "openai": {
             "type": "openai", "base_url": "https://api.openai.com/v1", "keys": ["env:RAWGW_OPENAI_KEY_1"],
-            "priority": 1, "read_timeout_s": 60,
+            "priority": 1, "read_timeout_s": 60, "max_retries": 3,
         },
         "openai_2": {
             "type": "openai", "base_url": "https://api.deepseek.com/v1", "keys": ["env:RAWGW_OPENAI_2_KEY_1"],
-            "priority": 2, "read_timeout_s": 120.5,
+            "priority": 2, "read_timeout_s": 120.5, "max_retries": 2,
         },
         "anthropic": {
             "type": "anthropic", "base_url": "https://api.anthropic.com", "keys": ["env:RAWGW_ANTHROPIC_KEY_1"],
-            "priority": 3, "read_timeout_s": 90,
+            "priority": 3, "read_timeout_s": 90, "max_retries": 1,
         },
     }  # fmt: skip
+    # /openai/... and /anthropic/... keep their failover, as the router's users had it
+    assert doc["groups"] == {"openai": ["openai", "openai_2"], "anthropic": ["anthropic"]}
     assert f"export RAWGW_OPENAI_KEY_1={mask_key(OAI_KEY)}" in stdout
     assert f"export RAWGW_OPENAI_2_KEY_1={mask_key(DS_KEY)}" in stdout
     assert f"export RAWGW_ANTHROPIC_KEY_1={mask_key(ANT_KEY)}" in stdout
-    assert "max_retries" in stdout  # told it was not imported
     cfg = parse_config(
         doc, {"RAWGW_OPENAI_KEY_1": OAI_KEY, "RAWGW_OPENAI_2_KEY_1": DS_KEY, "RAWGW_ANTHROPIC_KEY_1": ANT_KEY}
     )
     assert [p.priority for p in cfg.providers.values()] == [1, 2, 3]
     assert cfg.providers["openai_2"].first_byte_timeout_s == 120.5
+    assert cfg.providers["openai"].max_retries == 3
+    assert cfg.groups == {"openai": ("openai", "openai_2"), "anthropic": ("anthropic",)}
+
+
+def test_import_priority_router_known_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    router = tmp_path / "router.json"
+    router.write_text(json.dumps({"deepseek": [{"api_key": DS_KEY, "priority": 1}]}))
+    _, _, doc = run_import([str(router)], capsys)
+    assert doc["providers"]["deepseek"]["base_url"] == "https://api.deepseek.com/v1"
+    assert doc["providers"]["deepseek"]["type"] == "openai"
+    assert doc["groups"] == {"deepseek": ["deepseek"]}
 
 
 def test_import_dotenv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -385,7 +436,7 @@ def test_import_dotenv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert f"export RAWGW_OPENROUTER_KEY_1={mask_key(OR_KEY_1)}" in stdout
     assert f"export RAWGW_OPENROUTER_KEY_2={mask_key(OR_KEY_2)}" in stdout
     assert f"export GATEWAY_API_KEY={mask_key(GW_SECRET)}" in stdout
-    assert "PORT" in stdout  # named as not imported
+    assert doc["server"] == {"port": 9000}
     cfg = parse_config(
         doc, {"RAWGW_OPENROUTER_KEY_1": OR_KEY_1, "RAWGW_OPENROUTER_KEY_2": OR_KEY_2, "GATEWAY_API_KEY": GW_SECRET}
     )
@@ -431,19 +482,20 @@ def test_import_all_four_merged(tmp_path: Path, capsys: pytest.CaptureFixture[st
     files = write_inputs(tmp_path)
     stdout, text, doc = run_import([files["mapping"], files["vk"], files["router"], files["env"]], capsys)
     assert list(doc["providers"]) == [
-        "openrouter_team-a", "anthropic_claude-team", "openai_from-env",  # virtual keys
-        "openai", "openai_2", "anthropic",  # priority router
-        "openrouter",  # .env
+        "openrouter", "anthropic", "openai",  # virtual keys
+        "openai_2", "openai_3", "anthropic_2",  # priority router
+        "openrouter_2",  # .env
     ]  # fmt: skip
-    # the mapping's routes are served by the .env's OpenRouter pool, never by a virtual key's key
-    assert {tuple(r["providers"]) for r in doc["routes"]} == {("openrouter",)}
+    assert doc["groups"] == {"openai": ["openai_2", "openai_3"], "anthropic": ["anthropic_2"]}
+    # the mapping's routes are served by the .env's upstream, never by a virtual key's key
+    assert {tuple(r["providers"]) for r in doc["routes"]} == {("openrouter_2",)}
     assert doc["routes"][0]["provider_order"] == ["DeepInfra", "Parasail"]
-    assert [k["name"] for k in doc["keys"]] == ["team-a", "team-b", "claude-team", "from-env", "default"]
+    assert [k["name"] for k in doc["keys"]] == ["openrouter_1", "openrouter_2", "anthropic_1", "openai_1", "default"]
     assert "OPENROUTER_API_KEY" not in env_refs(text)  # an OpenRouter provider came from the .env
     # every literal secret appears masked once in the export list, under one variable
     exports = dict(re.findall(r"export (\w+)=(\S+)", stdout))
-    assert exports["RAWGW_OPENROUTER_KEY_1"] == mask_key(OR_KEY_1)
-    assert exports["RAWGW_VK_TEAM_A"] == mask_key(VK_OR_KEY)
+    assert exports["RAWGW_OPENROUTER_2_KEY_1"] == mask_key(OR_KEY_1)
+    assert exports["RAWGW_OPENROUTER_KEY"] == mask_key(VK_OR_KEY)
     assert set(exports) == env_refs(text)
     cfg = load_with_dummy_env(text)
     assert len(cfg.providers) == 7 and len(cfg.routes) == 3 and len(cfg.keys) == 5
@@ -494,11 +546,14 @@ def test_import_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixtu
         ("[1, 2]", "entry 0: must be an object with model and providers"),
         ('[{"model": "", "providers": []}]', "entry 0: model must be a non-empty string"),
         (
-            json.dumps({"virtual_keys": {"x": {"provider": "groq", "api_key": VK_OR_KEY}}}),
-            "virtual_keys.x.provider: must be one of",
+            json.dumps({"virtual_keys": {VK_TEAM_A: {"provider": "acme-llm", "api_key": VK_OR_KEY}}}),
+            "virtual_keys entry 1.provider: unknown provider 'acme-llm'; known names: openai, openrouter",
         ),
-        ('{"virtual_keys": {"x": {"provider": "openai"}}}', "virtual_keys.x.api_key: must be a non-empty string"),
-        (json.dumps({"groq": [{"api_key": DS_KEY}]}), "groq: unknown provider type"),
+        (
+            json.dumps({"virtual_keys": {VK_TEAM_A: {"provider": "openai"}}}),
+            "virtual_keys entry 1.api_key: must be a non-empty string",
+        ),
+        (json.dumps({"acme": [{"api_key": DS_KEY}]}), "acme: unknown provider name; known names: openai, openrouter"),
         (
             json.dumps({"openai": [{"api_key": OAI_KEY, "timeout": -1}]}),
             "openai[0].timeout: must be a number of seconds > 0",

@@ -372,4 +372,5 @@ def test_page_is_self_contained() -> None:
         assert attr.startswith("data:"), attr
     assert "@import" not in page and "url(" not in page
     assert "innerHTML" not in page and "insertAdjacentHTML" not in page and "document.write" not in page
-    assert re.findall(r"fetch\(\"([^\"]+)\"", page) == ["metrics.json"]
+    # metrics.json, and auth/me to learn whether sign-in with GitHub is offered
+    assert re.findall(r"fetch\(\"([^\"]+)\"", page) == ["auth/me", "metrics.json"]

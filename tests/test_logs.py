@@ -338,3 +338,121 @@ async def test_console_line_per_request(start_gateway: StartGateway, mock_upstre
     assert "POST" in ok[0] and "/v1/chat/completions" in ok[0] and " 200 " in ok[0], ok
     miss = await wait_until(lambda: lines("console-404-1"), what="console line")
     assert len(miss) == 1 and "GET" in miss[0] and "/nope" in miss[0] and " 404 " in miss[0], miss
+
+
+# --------------------------------------------------------------------------- rotation (issue 10.9)
+
+
+def _records(path: Path) -> list[int]:
+    return [json.loads(line)["n"] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _writer(tmp_path: Path, **fields: Any) -> Any:
+    from rawgw.config import LoggingConfig
+    from rawgw.observe.logwriter import LogWriter
+
+    return LogWriter(LoggingConfig(dir=str(tmp_path), **fields))
+
+
+def test_rotation_keeps_backups_files_each_under_max_bytes(tmp_path: Path) -> None:
+    w = _writer(tmp_path, max_bytes=1000, backups=2)
+    try:
+        for n in range(200):
+            w.access({"n": n, "pad": "x" * 40})
+            if n % 7 == 0:
+                w.flush()  # batches of every size
+        w.flush()
+    finally:
+        w.close()
+    base = tmp_path / "access.jsonl"
+    files = [base, tmp_path / "access.jsonl.1", tmp_path / "access.jsonl.2"]
+    assert all(f.exists() for f in files) and not (tmp_path / "access.jsonl.3").exists()
+    assert all(f.stat().st_size <= 1000 for f in files), [f.stat().st_size for f in files]
+    kept = _records(files[2]) + _records(files[1]) + _records(base)
+    assert kept == list(range(200 - len(kept), 200)), kept  # oldest to newest, nothing lost in between
+    assert len(_records(base)) > 0 and len(kept) > 30
+
+
+def test_rotation_with_no_backups_and_off(tmp_path: Path) -> None:
+    w = _writer(tmp_path / "a", max_bytes=500, backups=0)
+    w2 = _writer(tmp_path / "b", max_bytes=0)
+    try:
+        for n in range(100):
+            w.error({"n": n})
+            w2.error({"n": n})
+        w.flush()
+        w2.flush()
+    finally:
+        w.close()
+        w2.close()
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["errors.jsonl"]
+    assert (tmp_path / "a" / "errors.jsonl").stat().st_size <= 500 and _records(tmp_path / "a" / "errors.jsonl")[-1] == 99
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["errors.jsonl"]
+    assert _records(tmp_path / "b" / "errors.jsonl") == list(range(100))
+
+
+def test_rotation_by_two_writers_sharing_the_files(tmp_path: Path) -> None:
+    """Pre-forked workers append to the same access.jsonl: a rotation by one is seen by
+    the other (it reopens the path), and no line is lost among the kept files."""
+    a = _writer(tmp_path, max_bytes=2000, backups=50)
+    b = _writer(tmp_path, max_bytes=2000, backups=50)
+    try:
+        for n in range(300):
+            (a if n % 2 else b).access({"n": n, "pad": "y" * 30})
+            if n % 5 == 0:
+                a.flush()
+                b.flush()
+        a.flush()
+        b.flush()
+    finally:
+        a.close()
+        b.close()
+    files = sorted(tmp_path.iterdir())
+    assert len(files) > 3
+    seen = sorted(n for f in files for n in _records(f))
+    assert seen == list(range(300))
+    assert all(f.stat().st_size <= 2000 + 100 for f in files), [f.stat().st_size for f in files]
+
+
+async def test_gateway_rotates_access_and_errors_logs(start_gateway: StartGateway, mock_upstream: MockUpstream) -> None:
+    gw = await start_gateway(base_config(mock_upstream, extra={"logging": {"max_bytes": 1000, "backups": 2}}))
+    for i in range(20):
+        assert (await call(gw.port, chat_body(), headers=rid_headers(f"ok-{i}"))).status == 200
+        assert (await call(gw.port, chat_body(), key="wrong-key-0123456789", headers=rid_headers(f"bad-{i}"))).status == 401
+    logs = gw.logs_dir
+    for name in ("access.jsonl", "errors.jsonl"):
+        # the last record written: the writer is done with this file
+        await wait_until(lambda n=name: (logs / n).exists() and '"bad-19"' in (logs / n).read_text(), what=f"the last record in {name}")
+        assert (logs / f"{name}.2").exists(), sorted(p.name for p in logs.iterdir())
+        assert not (logs / f"{name}.3").exists()
+        for f in (logs / name, logs / f"{name}.1", logs / f"{name}.2"):
+            assert f.stat().st_size <= 1000, (f, f.stat().st_size)
+
+
+async def test_sighup_reopens_the_log_files_even_when_the_reload_fails(start_gateway: StartGateway, mock_upstream: MockUpstream) -> None:
+    """External logrotate: rename the file, SIGHUP, the next request lands in a new file
+    at the old path; a config that does not load at that moment must not stop that."""
+    import signal
+
+    from ops_helpers import write_config
+
+    cfg = base_config(mock_upstream, extra={"logging": {"max_bytes": 0}})
+    gw = await start_gateway(cfg)
+    access = gw.logs_dir / "access.jsonl"
+    first = await call(gw.port, chat_body(), headers=rid_headers("before-rotate"))
+    assert first.status == 200
+    await access_record(gw.logs_dir, "before-rotate")
+    for i, broken in enumerate((False, True)):
+        moved = gw.logs_dir / f"access.jsonl.moved{i}"
+        access.rename(moved)
+        if broken:
+            gw.config_path.write_text("[server\n")  # the config is being edited
+        gw.proc.send_signal(signal.SIGHUP)
+        mark = "reload failed" if broken else "config reloaded"
+        await wait_until(lambda m=mark, c=i + 1: gw.stderr_text().count(m) >= (1 if m == "reload failed" else c), what=mark)
+        rid = f"after-rotate-{i}"
+        assert (await call(gw.port, chat_body(), headers=rid_headers(rid))).status == 200
+        await access_record(gw.logs_dir, rid)  # in the new access.jsonl
+        assert rid not in moved.read_text()
+        if broken:
+            write_config(gw.config_path, cfg)

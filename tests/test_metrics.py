@@ -233,7 +233,9 @@ async def test_metrics_process_families(start_gateway: StartGateway, mock_upstre
     assert rss is not None and vms is not None
     # VmRSS/VmSize from /proc/<pid>/status, read now: same process, a few pages apart at most.
     assert abs(rss - _proc_status_kb(pid, "VmRSS") * 1024) < 16 << 20, rss
-    assert abs(vms - _proc_status_kb(pid, "VmSize") * 1024) < 64 << 20, vms
+    # Virtual size moves by whole thread stacks (8 MiB+ each) as the default executor and the
+    # log writer start threads after the scrape: it may only have grown since, within reason.
+    assert vms <= _proc_status_kb(pid, "VmSize") * 1024 + (64 << 20), vms
     assert 4 << 20 < rss < vms, (rss, vms)
     fds = m.get("process_open_fds")
     assert fds is not None and abs(fds - len(os.listdir(f"/proc/{pid}/fd"))) <= 4, fds

@@ -159,13 +159,18 @@ async def test_messages_without_anthropic_provider_is_404(start_gateway: StartGa
     assert oa.requests == []
 
 
-async def test_chat_completions_not_sent_to_anthropic_provider(start_gateway: StartGateway, ups: list[MockUpstream]) -> None:
+async def test_chat_completions_of_non_claude_models_not_sent_to_anthropic_provider(start_gateway: StartGateway, ups: list[MockUpstream]) -> None:
+    """Issue 13: an anthropic provider serves /v1/chat/completions (Anthropic's
+    OpenAI-compatible API) — with its default models, only claude-* there."""
     oa, ant, _ = ups
     gw = await start_gateway(cfg({"ant": prov(ant, type="anthropic", keys=[ANT_KEY], priority=1), "oa": prov(oa, priority=2)}))
-    r = await call(gw, chat("claude-sonnet-4"))
+    r = await call(gw, chat("gpt-4o"))
     assert r.status == 200
     assert routed_by(r) == ("oa", "1")
     assert ant.requests == []
+    r = await call(gw, chat("claude-sonnet-4"))
+    assert routed_by(r) == ("ant", "1")
+    assert ant.requests[0].path == "/v1/chat/completions"
 
 
 # --------------------------------------------------------------------------- other /v1/{rest}

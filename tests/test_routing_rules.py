@@ -565,3 +565,35 @@ async def test_key_model_allow_list(start_gateway: StartGateway, ups: list[MockU
     # the allow-list is on the client-visible name: a near miss is refused
     r = await call(gw, chat("o1-preview"), key=LIMITED)
     assert_gateway_error(r, 403)
+
+
+@pytest.mark.parametrize("order", [("openrouter", "real"), ("real", "openrouter")])
+async def test_failover_body_of_a_provider_named_openrouter_is_not_the_openrouter_type_body(
+    start_gateway: StartGateway, ups: list[MockUpstream], order: tuple[str, str]
+) -> None:
+    """Issue 10.14: the rewritten body is made per provider, not per name-or-type: a provider
+    *named* openrouter (type openai) and a real openrouter provider, same upstream model, in one
+    failover chain each get their own body, whichever is tried first."""
+    p1, p2, _ = ups
+    mocks = {"openrouter": p1, "real": p2}
+    gw = await start_gateway(
+        cfg(
+            {"openrouter": prov(p1, keys=[KEY_A]), "real": prov(p2, type="openrouter", keys=[OR_KEY])},
+            routes=[
+                {
+                    "match": "m",
+                    "model": "up",
+                    "providers": list(order),
+                    "provider_order": ["Fast"],
+                }
+            ],
+        )
+    )
+    mocks[order[0]].enqueue(Json(status=500, body={"error": "first fails"}))
+    r = await call(gw, b'{"model":"m","messages":[{"role":"user","content":"x"}]}')
+    assert r.status == 200, r.body
+    assert routed_by(r) == (order[1], "2")
+    named = p1.requests[0].json()
+    typed_or = p2.requests[0].json()
+    assert named["model"] == "up" and "provider" not in named, named
+    assert typed_or["model"] == "up" and typed_or["provider"] == {"order": ["Fast"]}, typed_or

@@ -301,3 +301,83 @@ async def test_workers_divide_the_rate_limit(tmp_path: Path, mock_upstream: Mock
         assert len(mock_upstream.requests) == statuses.count(200)
     finally:
         await gw.close()
+
+
+# --------------------------------------------------------------------------- issue 10.13
+
+
+def thread_count(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no Threads: line for {pid}")
+
+
+async def _load(port: int, stop: asyncio.Event, served: list[int]) -> None:
+    """Requests back to back on fresh connections until ``stop``; refusals during the
+    shutdown are expected, so only the statuses of complete answers are kept."""
+    while not stop.is_set():
+        try:
+            r = await call(port, chat_body(), timeout=3)
+            served.append(r.status)
+        except (OSError, AssertionError, TimeoutError, asyncio.IncompleteReadError):
+            await asyncio.sleep(0.01)
+
+
+async def test_workers_sigterm_after_a_worker_restart_always_drains_and_exits_0(tmp_path: Path, mock_upstream: MockUpstream) -> None:
+    """Issue 10.13: --workers 2, a worker SIGKILLed and replaced, requests served, then
+    SIGTERM to the supervisor (with SIGHUPs arriving while it restarts a worker and
+    just before the SIGTERM), under request load: every round drains the streams in
+    flight and exits 0. (The supervisor takes signals with sigtimedwait, which only sees
+    a signal no thread of the process accepts: it must stay single-threaded.)"""
+    pieces = sse_chat([f"p{i}" for i in range(4)])
+    mock_upstream.handler = lambda req: Sse(pieces=pieces, delay=0.15) if b'"stream"' in req.body else mock_upstream.default
+    cfg = base_config(mock_upstream, server={"shutdown_grace_s": 4})
+    for rnd in range(5):
+        gw = await ProcGateway.start(tmp_path / f"round{rnd}", cfg, ["--workers", "2"])
+        try:
+            await _restart_then_stop(gw, rnd, b"".join(pieces))
+        finally:
+            await gw.close()
+
+
+async def _restart_then_stop(gw: ProcGateway, rnd: int, stream_body: bytes) -> None:
+    sup = gw.proc.pid
+    first = await wait_until(lambda: len(child_pids(sup)) == 2 and child_pids(sup), what="2 workers")
+    assert thread_count(sup) == 1, "a second thread in the supervisor can swallow SIGCHLD or die of SIGTERM"
+    stop = asyncio.Event()
+    served: list[int] = []
+    loaders = [asyncio.create_task(_load(gw.port, stop, served)) for _ in range(3)]
+    try:
+        victim = first[rnd % 2]
+        os.kill(victim, signal.SIGKILL)
+        # a reload asked while the supervisor is replacing the worker
+        await wait_until(lambda: "restarting" in gw.stderr_text(), timeout=5, what="the restart message")
+        gw.proc.send_signal(signal.SIGHUP)
+        await wait_until(lambda: len(child_pids(sup)) == 2 and victim not in child_pids(sup), timeout=5, what="a replacement")
+        await wait_until(lambda: listening_sockets(gw.port) == 2, timeout=5, what="the replacement listening")
+        assert await fresh_requests(gw.port, 20) == [200] * 20
+        workers = child_pids(sup)
+        streams = []
+        for _ in range(2):
+            c = await raw_connection(gw.port)
+            await c.send(chat_request(chat_body(stream=True)))
+            await c.read_until(b'"p0"')
+            streams.append(c)
+        # a stop that arrives while the supervisor is still passing a reload on
+        gw.proc.send_signal(signal.SIGHUP)
+        gw.proc.send_signal(signal.SIGTERM)
+        for c in streams:
+            r = await c.read_response(timeout=5)
+            assert r.status == 200 and r.complete and r.body == stream_body, (rnd, r.raw_body[-80:])
+            c.close()
+        rc = await gw.wait(8)
+        assert rc == 0, (rnd, rc, gw.stderr_text())
+        assert not any(pid_alive(p) for p in workers), (rnd, workers)
+        assert set(served) <= {200}, served
+        assert "Traceback" not in gw.stderr_text(), gw.stderr_text()
+    finally:
+        stop.set()
+        for t in loaders:
+            t.cancel()
+        await asyncio.gather(*loaders, return_exceptions=True)

@@ -28,6 +28,7 @@ PAGE = b"""<!doctype html>
 :root { color-scheme: light dark; --bg:#f6f7f9; --panel:#fff; --fg:#1d2430; --muted:#6a7382; --line:#e2e6ec; --bad:#c0392b; --ok:#1f8a4c; --accent:#2f6fdb; }
 @media (prefers-color-scheme: dark) { :root { --bg:#14171c; --panel:#1c2027; --fg:#e3e7ee; --muted:#8c95a3; --line:#2c323c; --bad:#ef6b5b; --ok:#3fb96f; --accent:#6b9cf0; } }
 * { box-sizing: border-box; }
+[hidden] { display:none !important; } /* the display rules below must not show hidden panels */
 body { margin:0; background:var(--bg); color:var(--fg); font:14px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, Arial, sans-serif; }
 header { display:flex; gap:14px; align-items:center; padding:12px 20px; border-bottom:1px solid var(--line); background:var(--panel); }
 header h1 { font-size:18px; margin:0; } header .spacer { flex:1; } .muted { color:var(--muted); }
@@ -49,7 +50,7 @@ code { word-break:break-all; }
 <div id="signin">
  <section><h2>Sign in</h2>
   <p><a id="signin-github" class="button" href="/auth/github/login" hidden>Sign in with GitHub</a></p>
-  <form id="key-signin"><label>Admin key <input id="admin-key" type="password" autocomplete="off" size="40"></label>
+  <form id="key-signin"><label><span id="key-label">Admin key</span> <input id="admin-key" type="password" autocomplete="off" size="40"></label>
   <button id="signin-key">Use key</button></form>
   <p class="muted">The key stays in this tab (sessionStorage) and is sent as a Bearer token.</p>
  </section>
@@ -119,7 +120,7 @@ $("signout").onclick = signout;
 $("reload").onclick = () => act(() => api("POST", "/admin/reload"), "config reloaded");
 $("clear-cache").onclick = () => act(async () => { const d = await api("POST", "/admin/cache/clear"); say("cleared " + d.cleared); });
 $("route-form").onsubmit = (ev) => { ev.preventDefault(); const body = {match: $("route-match").value.trim(), providers: list($("route-providers").value)};
-  if ($("route-model").value.trim()) body.model = $("route-model").value.trim(); act(() => api("POST", "/admin/routes", body), "route added"); };
+  if ($("route-model").value.trim()) body.model = $("route-model").value.trim(); act(async () => { await api("POST", "/admin/routes", body); $("route-form").reset(); }, "route added"); };
 $("key-form").onsubmit = (ev) => { ev.preventDefault();
   const body = {name: $("key-name").value.trim(), providers: list($("key-providers").value), models: list($("key-models").value), rate_limit_rpm: Number($("key-rpm").value || 0), admin: $("key-admin").checked};
   act(async () => { const d = await api("POST", "/admin/keys", body); const p = $("new-secret"); p.hidden = false; p.replaceChildren();
@@ -127,7 +128,7 @@ $("key-form").onsubmit = (ev) => { ev.preventDefault();
 (async () => {
   if (key()) return enter("admin key");
   try { const r = await fetch("/auth/me", {credentials: "same-origin"});
-    if (r.status !== 404) $("signin-github").hidden = false;
+    if (r.status !== 404) { $("signin-github").hidden = false; $("key-label").textContent = "or an admin key"; }
     if (r.ok) { const me = await r.json(); csrf = me.csrf_token; if (me.admin) return enter("GitHub: " + me.login); say(me.login + " is not an admin", true); }
   } catch (e) { /* offline */ }
 })();

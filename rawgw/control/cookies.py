@@ -29,6 +29,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,24 +55,36 @@ class Session:
 
 def load_signing_key(config_dir: str) -> bytes:
     """``gateway.d/session.key`` next to the config, created (0600) if absent. Blocking:
-    call at startup or through asyncio.to_thread."""
+    call at startup or through asyncio.to_thread.
+
+    Worker processes start together: the key is written to a temp file and hard-linked into
+    place, so a reader never sees a half-written file and exactly one key wins."""
     directory = os.path.join(config_dir, OVERLAY_DIR)
     os.makedirs(directory, mode=0o700, exist_ok=True)
     path = os.path.join(directory, KEY_FILE)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        with open(path, "rb") as fh:
-            key = fh.read()
-        if len(key) >= 32:
-            return key
-        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
-    key = secrets.token_bytes(32)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(key)
-        fh.flush()
-        os.fsync(fh.fileno())
-    return key
+    for _ in range(2):
+        try:
+            with open(path, "rb") as fh:
+                key = fh.read()
+            if len(key) >= 32:
+                return key
+            os.unlink(path)  # too short to be ours: replace it
+        except FileNotFoundError:
+            pass
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".session.", suffix=".tmp")
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(secrets.token_bytes(32))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process won: read its key
+        finally:
+            os.unlink(tmp)
+    with open(path, "rb") as fh:
+        return fh.read()
 
 
 class SessionSigner:

@@ -16,7 +16,7 @@ random ``state``, kept in a short-lived pending store AND in a ``rawgw_oauth`` c
 callback started in another browser — login CSRF — fails). ``/auth/github/callback``
 checks both (single use), exchanges ``code`` at ``{oauth_base}/login/oauth/access_token``,
 reads ``{api_base}/user`` (and ``/user/orgs`` when ``allowed_orgs`` is set), applies the
-allow-list, and sets the session cookie on a 200 page that moves on to ``/admin`` (a
+allow-list, and sets the session cookie on a 200 page that moves on to ``/admin`` (or ``/dashboard`` with ``?next=/dashboard``) (a
 SameSite=Strict cookie set during a cross-site redirect chain would not be sent on the
 next hop). The GitHub access token is used for these two reads and dropped.
 
@@ -63,6 +63,7 @@ MAX_PENDING: Final = 10000
 DEVICE_GRANT: Final = "urn:ietf:params:oauth:grant-type:device_code"
 _LOGIN: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})")
 _HTML: Final = b"text/html; charset=utf-8"
+NEXT_PAGES: Final = frozenset({"/admin", "/dashboard"})
 
 
 class PoolHttp:
@@ -144,7 +145,7 @@ class GithubSignIn:
     async def handle(self, method: bytes, target: str, cookie: bytes | None, body: bytes, own_origin: str, secure: bool) -> Reply:
         path, _, query = target.partition("?")
         routes: dict[str, tuple[bytes, Callable[[], Awaitable[Reply]]]] = {
-            "/auth/github/login": (b"GET", lambda: self._sync(self.login(own_origin, secure))),
+            "/auth/github/login": (b"GET", lambda: self._sync(self.login(own_origin, secure, query))),
             "/auth/github/callback": (b"GET", lambda: self.callback(query, cookie, own_origin, secure)),
             "/auth/me": (b"GET", lambda: self._sync(self.me(cookie))),
             "/auth/logout": (b"POST", lambda: self._sync(self.logout(secure))),
@@ -173,10 +174,13 @@ class GithubSignIn:
 
     # ---------------------------------------------------------------- web flow
 
-    def login(self, own_origin: str, secure: bool) -> Reply:
+    def login(self, own_origin: str, secure: bool, query: str = "") -> Reply:
         now = self.clock()
         state = secrets.token_urlsafe(24)
-        self.states.add(state, True, now + PENDING_TTL_S, now)
+        # where the browser goes once signed in: one of the gateway's pages, never a URL
+        # from the query (an open redirect)
+        after = (parse_qs(query).get("next") or ["/admin"])[0]
+        self.states.add(state, after if after in NEXT_PAGES else "/admin", now + PENDING_TTL_S, now)
         query = urlencode(
             {"client_id": self.cfg.client_id, "redirect_uri": self.redirect_uri(own_origin), "state": state, "scope": "read:org", "allow_signup": "false"}
         )
@@ -196,13 +200,16 @@ class GithubSignIn:
         state, code = q.get("state", ""), q.get("code", "")
         bound = _cookie_value(cookie, STATE_COOKIE)
         # single use: taken from the store whether or not the rest succeeds
-        known = self.states.take(state, self.clock()) is not None
-        if not state or not code or not known or bound is None or not secrets.compare_digest(bound, state):
+        after = self.states.take(state, self.clock())
+        if not state or not code or after is None or bound is None or not secrets.compare_digest(bound, state):
             raise GatewayError(400, "sign-in state mismatch or expired: start again at /auth/github/login", code="invalid_state")
         token = await self._exchange({"client_id": self.cfg.client_id, "client_secret": self.cfg.client_secret, "code": code, "redirect_uri": self.redirect_uri(own_origin)})
         login, admin = await self._authorize(token)
         session = self.signer.issue(login, admin)
-        page = b'<!doctype html><meta charset="utf-8"><meta http-equiv="refresh" content="0;url=/admin"><title>Signed in</title><a href="/admin">Continue</a>'
+        page = (
+            f'<!doctype html><meta charset="utf-8"><meta http-equiv="refresh" content="0;url={after}">'
+            f'<title>Signed in</title><a href="{after}">Continue</a>'
+        ).encode()
         headers = (self.signer.set_cookie(session, secure), _expire_state(secure), (b"cache-control", b"no-store"))
         return Reply(200, page, _HTML, headers)
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-from rawgw.config import mask_key
+from rawgw.config import mask_keys
 from rawgw.errors import GatewayError
 from rawgw.http.reply import Reply
 from rawgw.routing.policy import key_state
@@ -75,11 +75,12 @@ def providers_status(
     for name, provider in config.providers.items():
         pool = pools[name]
         keys = []
-        for i, k in enumerate(pool.keys):
+        for index, (k, masked) in enumerate(zip(pool.keys, mask_keys(pool.keys), strict=True)):
             st = pool.states[k]
             state = key_state(st, now)
             entry: dict[str, Any] = {
-                "key": mask_key(k),
+                "index": index,  # in the provider's keys = [...], as config errors name them
+                "key": masked,
                 "state": state,
                 "requests": st.requests,
                 "rate_limited": st.rate_limited,
@@ -88,7 +89,7 @@ def providers_status(
             if state == "cooling":
                 entry["cooldown_s"] = round(st.cooldown_until - now, 1)
             if cluster is not None:
-                field = f"key:{name}:{i}:"
+                field = f"key:{name}:{index}:"
                 entry["cluster"] = {
                     "requests": cluster.get(field + "requests", 0),
                     "rate_limited": cluster.get(field + "rate_limited", 0),

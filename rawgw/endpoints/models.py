@@ -1,7 +1,9 @@
-"""GET /v1/models: the merged model list of the providers a key may use (SPEC 4).
+"""GET /v1/models: the merged model list of the providers a key may use (SPEC 4), and
+GET /v1/models-by-provider: the same lists, grouped by provider name.
 
 Each provider's list is fetched with one of its available keys and cached for
-``MODELS_TTL_S``; a provider that fails is left out, not fatal.
+``[models] cache_ttl_s`` (300 s by default); a provider that fails is left out, not
+fatal. A ``free_only`` provider lists only its free models.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rawgw.local")
 
-MODELS_TTL_S = 300.0
 GLOB_CHARS = frozenset("*?[")
 
 
@@ -42,7 +43,9 @@ class ModelLister:
         # recomputed only when the list was refetched or the config reloaded
         self._served: dict[str, tuple[Router, list[dict[str, Any]], list[dict[str, Any]]]] = {}
 
-    async def listing(self, config: Config, relay: RelayConfig, key: GatewayKey | None, anthropic: bool, request_id: bytes) -> Reply:
+    async def listing(
+        self, config: Config, relay: RelayConfig, key: GatewayKey | None, anthropic: bool, request_id: bytes, by_provider: bool = False
+    ) -> Reply:
         import asyncio
 
         providers = [
@@ -50,9 +53,12 @@ class ModelLister:
             for p in config.providers.values()
             if (key is None or not key.providers or p.name in key.providers) and (not anthropic or p.type == "anthropic")
         ]
-        raw_lists = await asyncio.gather(*(self._provider_models(relay, p, request_id) for p in providers))
+        ttl = config.models.cache_ttl_s
+        raw_lists = await asyncio.gather(*(self._provider_models(relay, p, request_id, ttl) for p in providers))
         router = relay.router
         lists = [self._served_models(router, p, models) for p, models in zip(providers, raw_lists)]
+        if by_provider:
+            return Reply(200, orjson.dumps(by_provider_list(providers, lists)), headers=PRIVATE)
         aliases = [r.match for r in config.routes if not GLOB_CHARS & set(r.match)]
         if key is not None and key.models:
             aliases = [a for a in aliases if any(fnmatchcase(a, g) for g in key.models)]
@@ -71,17 +77,22 @@ class ModelLister:
         if memo is not None and memo[0] is router and memo[1] is models:
             return memo[2]
         served = [m for m in models if router.serves(provider, m["id"])]
+        zero = frozenset(m["id"] for m in models if zero_priced(m))
+        if router.free_models.get(provider.name) != zero:
+            router.free_models[provider.name] = zero
+        if provider.free_only:
+            served = [m for m in served if router.is_free(provider.name, m["id"])]
         self._served[provider.name] = (router, models, served)
         return served
 
-    async def _provider_models(self, relay: RelayConfig, provider: Provider, request_id: bytes) -> list[dict[str, Any]]:
+    async def _provider_models(self, relay: RelayConfig, provider: Provider, request_id: bytes, ttl: float) -> list[dict[str, Any]]:
         now = time.time()
         cached = self.cache.get(provider.name)
-        if cached is not None and now - cached[0] < MODELS_TTL_S:
+        if cached is not None and now - cached[0] < ttl:
             return cached[1]
         state = relay.state
         shared_key = b"models:" + hashlib.sha256(f"{provider.name}\0{provider.base_url}".encode()).digest()
-        if state.shared:
+        if state.shared and ttl > 0:
             # another process or instance may have listed it within the TTL: one GET
             raw = await state.cache_get(shared_key)
             if raw is not None:
@@ -122,9 +133,29 @@ class ModelLister:
         for m in models:
             m.setdefault("_provider", provider.name)
         self.cache[provider.name] = (now, models)
-        if state.shared:
-            state.cache_put(shared_key, orjson.dumps(models), MODELS_TTL_S)
+        if state.shared and ttl > 0:
+            state.cache_put(shared_key, orjson.dumps(models), ttl)
         return models
+
+
+def zero_priced(model: dict[str, Any]) -> bool:
+    """OpenRouter's ``pricing`` object with every price zero (``"0"``); -1 means variable."""
+    pricing = model.get("pricing")
+    if not isinstance(pricing, dict) or not pricing:
+        return False
+    try:
+        return all(float(v) == 0 for v in pricing.values())
+    except (TypeError, ValueError):
+        return False
+
+
+def by_provider_list(providers: list[Provider], lists: list[list[dict[str, Any]]]) -> dict[str, Any]:
+    """The Node gateway's shape: ``{NAME: {"name", "type", "models": [...]}}``, each
+    provider's served models with all their upstream fields, in config order."""
+    out: dict[str, Any] = {}
+    for p, models in zip(providers, lists):
+        out[p.name] = {"name": p.name, "type": p.type, "models": [{k: v for k, v in m.items() if k != "_provider"} for m in models]}
+    return out
 
 
 def _first_seen(lists: list[list[dict[str, Any]]], seen: set[str]) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -8,7 +8,9 @@ parsed as HTML.
 When the gateway wants a key for /metrics.json, a browser cannot send one by itself: the
 page takes it from ``#key=...`` in the URL (then strips the fragment from the address bar)
 or from an input field, keeps it in ``sessionStorage`` (gone when the tab closes) and sends
-it as ``Authorization: Bearer``.
+it as ``Authorization: Bearer``. When the gateway has ``[auth.github]`` (``auth/me`` does not
+answer 404), the same box offers "Sign in with GitHub" (``#signin-github``), which comes
+back here signed in: the session cookie then reads metrics.json (never /v1/...).
 
 Element ids (stable, read by tests/test_dashboard.py): ``conn-status``, ``updated``,
 ``uptime``, ``req-rate``, ``req-rate-avg``, ``requests-total``, ``status-class-2xx``,
@@ -115,6 +117,8 @@ button {
   color: var(--fg); font: inherit; cursor: pointer;
 }
 button.link { border: none; background: none; color: var(--accent); padding: 0; font-size: 13px; }
+#signin-github { display: none; margin: 0 0 8px; }
+#signin-github.show { display: inline-block; padding: 6px 12px; border-radius: 6px; background: var(--accent); color: #fff; text-decoration: none; }
 #forget { display: none; }
 #forget.show { display: inline; }
 </style>
@@ -133,6 +137,7 @@ button.link { border: none; background: none; color: var(--accent); padding: 0; 
   <section id="keybox">
     <h2>Gateway key</h2>
     <p id="keymsg" class="sub">This gateway needs a key for /metrics.json. It is kept in this tab only (sessionStorage).</p>
+    <a id="signin-github" class="button">Sign in with GitHub</a>
     <form id="keyform" autocomplete="off">
       <input id="keyinput" type="password" placeholder="gateway key" spellcheck="false" autocomplete="off">
       <button type="submit">Use key</button>
@@ -445,6 +450,19 @@ button.link { border: none; background: none; color: var(--accent); padding: 0; 
     }), 5, "no errors");
   }
 
+  // ---- sign-in with GitHub, when the gateway has it (auth/me is 404 otherwise) ----
+  var probed = false;
+  function offerSignIn() {
+    if (probed) return;
+    probed = true;
+    fetch("auth/me", {cache: "no-store", credentials: "same-origin"}).then(function (r) {
+      if (r.status === 404) return;
+      var a = $("signin-github");
+      a.setAttribute("href", "auth/github/login?next=/dashboard");
+      a.className = "button show";
+    }).catch(function () {});
+  }
+
   // ---- polling ----
   function tick() {
     if (busy) return;
@@ -455,6 +473,7 @@ button.link { border: none; background: none; color: var(--accent); padding: 0; 
       .then(function (r) {
         if (r.status === 401 || r.status === 403) {
           $("keybox").className = "show";
+          offerSignIn();
           $("keymsg").textContent = key
             ? "The gateway refused this key (HTTP " + r.status + "). Enter another one."
             : "This gateway needs a key for /metrics.json. It is kept in this tab only (sessionStorage).";

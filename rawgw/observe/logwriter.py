@@ -3,10 +3,18 @@
 The loop only puts ``(file, record)`` on a queue; the thread serialises with
 orjson and appends. The queue is bounded: when the disk cannot keep up, records
 are dropped and counted rather than growing memory.
+
+Rotation (``[logging] max_bytes``, ``backups``) happens on that thread too, between
+whole lines: before a write would take a file past ``max_bytes`` it becomes NAME.1
+(NAME.1 becomes NAME.2 …, the oldest beyond ``backups`` is dropped). Pre-forked workers
+append to the same files, so a rotation is done under an flock on the log directory,
+and a writer whose open file is no longer the one at the path (another worker rotated,
+or logrotate moved it) reopens the path before writing.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import queue
 import threading
@@ -83,9 +91,69 @@ class LogWriter:
     def _write(self, pending: dict[str, list[bytes]]) -> None:
         for name, lines in pending.items():
             try:
-                self._file(name).write(b"".join(lines))
+                if self.config.max_bytes:
+                    self._write_rotating(name, lines)
+                else:
+                    self._file(name).write(b"".join(lines))
             except OSError:
                 self.dropped += len(lines)
+
+    def _write_rotating(self, name: str, lines: list[bytes]) -> None:
+        limit = self.config.max_bytes
+        f = self._current(name)
+        size = os.fstat(f.fileno()).st_size
+        start = 0
+        chunk = 0
+        for i, line in enumerate(lines):
+            if size + chunk + len(line) > limit and size + chunk > 0:
+                if i > start:
+                    f.write(b"".join(lines[start:i]))
+                f = self._rotate(name, f)
+                size, chunk, start = os.fstat(f.fileno()).st_size, 0, i
+            chunk += len(line)
+        if start < len(lines):
+            f.write(b"".join(lines[start:]))
+
+    def _current(self, name: str) -> Any:
+        """The open file, reopened if the path now names another file (or none)."""
+        f = self._file(name)
+        try:
+            moved = os.stat(os.path.join(self.config.dir, name)).st_ino != os.fstat(f.fileno()).st_ino
+        except FileNotFoundError:
+            moved = True
+        if moved:
+            self._reopen(name)
+            f = self._file(name)
+        return f
+
+    def _reopen(self, name: str) -> None:
+        f = self.files.pop(name, None)
+        if f is not None:
+            f.close()
+
+    def _rotate(self, name: str, f: Any) -> Any:
+        path = os.path.join(self.config.dir, name)
+        lock = os.open(self.config.dir, os.O_RDONLY)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                same = os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:  # nobody rotated it meanwhile
+                if self.config.backups == 0:
+                    os.unlink(path)
+                else:
+                    for n in range(self.config.backups - 1, 0, -1):
+                        try:
+                            os.replace(f"{path}.{n}", f"{path}.{n + 1}")
+                        except FileNotFoundError:
+                            pass
+                    os.replace(path, f"{path}.1")
+            self._reopen(name)
+            return self._file(name)
+        finally:
+            os.close(lock)  # releases the flock
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until what was queued so far is on disk (tests, shutdown)."""

@@ -32,6 +32,11 @@ class Recorder:
         self.config = config
         self.writer.reconfigure(config.logging)
 
+    def reopen(self) -> None:
+        """Close the log files; the next record opens them again at their configured path
+        (after an external logrotate has moved them away)."""
+        self.writer.reconfigure(self.config.logging)
+
     def request_done(self, rec: RequestRecord) -> None:
         m = self.metrics
         status = rec.status

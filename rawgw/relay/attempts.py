@@ -59,12 +59,14 @@ class AttemptChain:
 
     __slots__ = (
         "attempts",
+        "awaiting_head",
         "body_done",
         "body_parts",
         "body_size",
         "body_waiter",
         "cfg",
         "client",
+        "client_gone",
         "conn",
         "connect_s",
         "hooks",
@@ -93,6 +95,10 @@ class AttemptChain:
         self.connect_s = 0.0
         self.upstream_model: str | None = None
         self.probe: str | None = None  # provider whose cluster-wide probe lock this request holds
+        # on_disconnect = "drain": the client left while a request was upstream; the
+        # chain ends with whatever head comes (no failover, no retry for nobody).
+        self.client_gone = False
+        self.awaiting_head = False  # a whole request is upstream and its head is awaited
 
     # ---- the client's body -----------------------------------------------
 
@@ -139,47 +145,59 @@ class AttemptChain:
         last_error: UpstreamError | None = None
         last_response: Saved | None = None
         attempts = router.attempts(plan)
-        pair = next(attempts, None)
+        step = next(attempts, None)
         state = cfg.state
         refused: str | None = None  # a provider whose half-open probe another process holds
-        while pair is not None:
-            provider, pool, key = pair
+        while step is not None:
+            if self.client_gone:
+                raise GatewayError(499, "client closed the connection", kind="client_closed")
+            provider, pool, key = step.provider, step.pool, step.key
             if provider.name == refused:
-                pair = next(attempts, None)
+                step = next(attempts, None)
                 continue
             if state.shared and pool.breaker.probing and pool.breaker.state(time.time()) == "half-open":
                 # This attempt is the breaker's half-open probe: one probe cluster-wide
                 # (one round trip, only while a breaker is half-open).
                 if not await state.claim_probe(provider.name):
                     refused = provider.name
-                    pair = next(attempts, None)
+                    step = next(attempts, None)
                     continue
                 self.probe = provider.name
+            if step.wait_s > 0:
+                # A same-provider retry's backoff (routing.policy decided it fits before
+                # the deadline). Asynchronous: a client that leaves cancels this task.
+                await asyncio.sleep(step.wait_s)
             self.attempts += 1
-            remaining = deadline - perf_counter()
+            t_start = perf_counter()
+            remaining = deadline - t_start
             if remaining <= 0:
                 raise deadline_error()
+            # timeout_s bounds this whole attempt, connect to response head
+            attempt_end = t_start + provider.timeout_s if provider.timeout_s else deadline
             link = cfg.links[provider.name]
-            t_pick = perf_counter()
             try:
-                conn = await link.pool.acquire(min(provider.connect_timeout_s, remaining))
+                conn = await link.pool.acquire(min(provider.connect_timeout_s, remaining, attempt_end - t_start))
             except UpstreamError as err:
                 pool.on_failure(None, time.time())
                 self._probed(provider)
                 last_error = err
                 self._failed(provider, err)
-                pair = next(attempts, None)
+                attempts.report(policy.Outcome(None, None, deadline - perf_counter()))
+                step = next(attempts, None)
                 continue
-            self.connect_s = perf_counter() - t_pick
+            self.connect_s = perf_counter() - t_start
             self.conn = conn
             if buffered:
                 self.upstream_model = router.model_for(plan, provider)
             self.t_sent = perf_counter()
-            wait = max(0.0, min(provider.first_byte_timeout_s, deadline - self.t_sent))
+            head_bound = min(provider.first_byte_timeout_s, deadline - self.t_sent)
+            wait = max(0.0, min(head_bound, attempt_end - self.t_sent))
             head_future = self._send(conn, provider, key, wait, router.body_for(plan, provider) if buffered else None)
+            self.awaiting_head = self.upload is None  # a body still streaming in cannot be drained
             try:
                 head = await head_future
             except (TimeoutError, UpstreamError) as exc:
+                self.awaiting_head = False
                 self.detach()
                 pool.on_failure(key, time.time())
                 self._probed(provider)
@@ -188,15 +206,24 @@ class AttemptChain:
                 else:
                     if perf_counter() >= deadline:
                         raise deadline_error() from None
-                    last_error = UpstreamError("timeout", f"upstream '{provider.name}' sent no response head within {wait:g} s")
+                    if wait < head_bound:  # timeout_s was the bound that ended it
+                        message = f"upstream '{provider.name}' did not answer within its timeout_s of {provider.timeout_s:g} s"
+                    else:
+                        message = f"upstream '{provider.name}' sent no response head within {wait:g} s"
+                    last_error = UpstreamError("timeout", message)
                 self._failed(provider, last_error)
-                pair = next(attempts, None)
+                attempts.report(policy.Outcome(None, None, deadline - perf_counter()))
+                step = next(attempts, None)
                 continue
+            self.awaiting_head = False
             self.t_head = perf_counter()
             status = head.status_code
-            policy.account(pool, key, status, plain_headers(head.headers), time.time())
+            now = time.time()
+            headers = plain_headers(head.headers)
+            policy.account(pool, key, status, headers, now)
             self._probed(provider)
-            if policy.moves_on(status):
+            if policy.moves_on(status) and not self.client_gone:
+                attempts.report(policy.Outcome(status, policy.retry_after(headers, now), deadline - self.t_head))
                 following = next(attempts, None)
                 if following is not None:
                     self._failed(provider, UpstreamError("status", f"upstream '{provider.name}' answered {status}"), status)
@@ -206,7 +233,7 @@ class AttemptChain:
                     self.conn = self.upload = None
                     if saved is not None:
                         last_response = Saved(head, saved, provider)
-                    pair = following
+                    step = following
                     continue
             self.conn = None  # the exchange owns it from here
             return Accepted(head, conn, provider)

@@ -59,11 +59,13 @@ class Exchange:
         "client_model",
         "collected",
         "collected_size",
+        "draining",
         "error",
         "finished",
         "first_piece",
         "hooks",
         "inc",
+        "on_disconnect",
         "outcome",
         "overhead_s",
         "provider",
@@ -110,6 +112,8 @@ class Exchange:
         self.usage: tuple[int, int] | None = None
         self.request_body = b""
         self.reserved = 0  # TPM tokens reserved for this request (refunded at the end)
+        self.on_disconnect = "close"  # the route's; "drain": a client hang-up does not end the upstream
+        self.draining = False  # the client left; the upstream response is read and discarded
 
     def start(self) -> None:
         self.client.sink = self
@@ -125,9 +129,23 @@ class Exchange:
         self.chain.on_body_end()
 
     def on_client_gone(self) -> None:
-        """SPEC 6: the client left — close the upstream at once, never pool it."""
+        """SPEC 6: the client left — close the upstream at once, never pool it.
+
+        Unless the route says ``on_disconnect = "drain"`` and a whole request is already
+        upstream: then the response is read to its end and discarded (memory: the
+        usage tail only), its usage recorded, the connection pooled again.
+        """
         if self.finished:
             return
+        if self.on_disconnect == "drain" and not self.draining:
+            if self.upstream is not None:
+                self._drain()
+                return
+            if self.chain.awaiting_head:
+                # the chain takes whatever head comes, then _run drains it
+                self.draining = True
+                self.chain.client_gone = True
+                return
         if self.task is not None and not self.task.done():
             self.task.cancel()
         self._drop_upstream()
@@ -143,7 +161,8 @@ class Exchange:
 
     def on_upstream_data(self, data: bytes) -> None:
         self.bytes_out += len(data)
-        self.client.send_body(data)
+        if not self.draining:
+            self.client.send_body(data)
         if not self.first_piece:
             self.first_piece = data
         else:
@@ -163,6 +182,10 @@ class Exchange:
 
     def on_upstream_end(self) -> None:
         self.upstream = None
+        if self.draining:
+            self.usage = self._usage()
+            self._finish("drained")
+            return
         self.client.send_end()
         self.usage = self._usage()
         cache = self.cfg.cache
@@ -180,6 +203,10 @@ class Exchange:
         # SPEC 6: truncate visibly — no terminating chunk, no short body presented as complete.
         self.upstream = None
         self.error = err.message
+        if self.draining:
+            self.usage = self._usage()  # what the part read says, if anything
+            self._finish("client_closed")
+            return
         self.client.abort_response()
         self._finish("timeout" if err.kind == "timeout" else "upstream_error")
 
@@ -217,6 +244,8 @@ class Exchange:
         self.chain.upstream_model = plan.upstream_model
         self.stream = plan.stream
         self.request_body = body
+        if plan.route is not None:
+            self.on_disconnect = plan.route.on_disconnect
         if inc.limit_deferred:
             await self._rate_limit(len(body), plan.parsed)
         if cfg.cache is not None and await self._from_cache(plan):
@@ -224,6 +253,13 @@ class Exchange:
         if cfg.chat_logging and buffered:
             self.collected = []
         result = await self.chain.run(plan, buffered)
+        if self.draining:
+            # the client left while the request was upstream (on_disconnect = "drain")
+            if isinstance(result, Accepted):
+                self._drain_response(*result)
+            else:
+                self._finish("client_closed")
+            return
         if isinstance(result, Accepted):
             self._start_response(*result)
         else:
@@ -382,6 +418,30 @@ class Exchange:
         conn.stream_to(self)
         client.uncork()
 
+    # ---- on_disconnect = "drain" ---------------------------------------------
+
+    def _drain(self) -> None:
+        """The client left mid-response: keep reading the upstream, discard the bytes."""
+        self.draining = True
+        self.collected = None  # neither cached nor chat-logged: nobody saw it whole
+        self.cache_key = None
+        self.client.peer = None
+        up = self.upstream
+        if up is not None:
+            up.flow.resume_reading()  # a slow client may have paused it; nothing waits now
+
+    def _drain_response(self, head: h11.Response, conn: UpstreamConnection, provider: Provider) -> None:
+        """The head came after the client left: read its body to the end, discarded."""
+        self.provider = provider.name
+        self.status = head.status_code
+        self.response_headers = plain_headers(head.headers)
+        self.upstream = conn
+        self.collected = None
+        self.cache_key = None
+        self.streaming = True
+        self.hooks.stream_opened()
+        conn.stream_to(self)
+
     # ---- endings -------------------------------------------------------------
 
     def _drop_upstream(self) -> None:
@@ -396,12 +456,15 @@ class Exchange:
         if self.finished:
             return
         self._drop_upstream()
-        self.status = err.status
-        self.error = err.message
         client = self.client
         if client.closed:
+            if not self.draining:  # a drained request's end is no error of the gateway's
+                self.status = err.status
+                self.error = err.message
             self._finish("client_closed")
             return
+        self.status = err.status
+        self.error = err.message
         if client.response_started:
             client.abort_response()
             self._finish(err.kind)
@@ -457,6 +520,7 @@ class Exchange:
             completion_tokens=usage[1] if usage else None,
             cache=self.cache_status.decode() if self.cache_status else None,
             error=self.error,
+            session_id=inc.session_id.decode() if inc.session_id is not None else None,
             request_headers=tuple(inc.headers) if chat else (),
             request_body=self.request_body if chat else b"",
             response_headers=tuple(self.response_headers) if chat else (),
