@@ -469,3 +469,25 @@ async def test_revoke_through_the_backend_reaches_the_other_backend(redis_server
     finally:
         await a.close()
         await b.close()
+
+
+async def test_admin_revoke_on_a_is_refused_by_b_at_once(start_gateway: StartGateway, mock_upstream: MockUpstream, redis_server: RedisServer) -> None:
+    """DELETE /admin/keys/NAME on instance A: B (same config file contents, no reload)
+    refuses the key on its next request (LiteLLM #1775 is the failure avoided)."""
+    admin = "gw-admin-key-9f8e7d6c5b4a39281706"
+    alice = "gw-alice-key-1a2b3c4d5e6f7a8b9c0d"
+    keys = [{"key": admin, "name": "root", "admin": True}, {"key": alice, "name": "alice"}]
+    cfg = shared_config(mock_upstream, redis_server, keys=keys)
+    a, b = await start_gateway(cfg), await start_gateway(cfg)
+    await state_up_key(a, admin)
+    await state_up_key(b, admin)
+    assert (await call(b.port, chat_body(), key=alice)).status == 200
+    r = await call(a.port, b"", path="/admin/keys/alice", method="DELETE", key=admin)
+    assert r.status == 200, r.body
+
+    async def refused_on_b() -> bool:
+        resp = await call(b.port, chat_body(), key=alice)
+        return resp.status == 401
+
+    await wait_until(refused_on_b, timeout=2, what="alice refused on B")
+    assert (await call(b.port, chat_body(), key=admin)).status == 200
