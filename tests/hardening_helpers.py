@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from conftest import chat_body, wait_until
 from ops_helpers import scrape
 
 
@@ -56,7 +56,8 @@ async def gauges(port: int) -> dict[str, float]:
 
 
 def stream_body(model: str = "m") -> bytes:
-    return json.dumps({"model": model, "stream": True, "messages": [{"role": "user", "content": "hi"}]}, separators=(",", ":")).encode()
+    """A compact streaming chat body (conftest.chat_body, the one body builder)."""
+    return chat_body(model, stream=True)
 
 
 def sse_pieces(n: int, size: int = 100) -> list[bytes]:
@@ -90,7 +91,8 @@ class RawUpstream:
     """An upstream whose every connection runs ``script(reader, writer, record)`` after
     the request head (and a Content-Length body) was read; then it waits for the peer
     to close and records when (``record.peer_closed_at``). Used for what MockUpstream
-    cannot do, such as a real TCP half-close (``writer.write_eof()``) that keeps reading."""
+    cannot do. Kept for old callers: MockUpstream (the one mock upstream) now does the
+    half-close this was written for, ``Raw(data, then="half_close")``."""
 
     def __init__(self, script: Script) -> None:
         self.script = script
@@ -146,14 +148,8 @@ class RawUpstream:
 
 
 async def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(interval)
+    """The old name of conftest.wait_until (the one poller)."""
+    return await wait_until(pred, timeout, what, interval)
 
 
 async def small_window_connection(port: int, rcvbuf: int = 32768, timeout: float = 5.0) -> Any:

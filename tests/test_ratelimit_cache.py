@@ -10,7 +10,7 @@ from typing import Any
 
 from conftest import GW_KEY, StartGateway, assert_gateway_error, assert_wire_invariants, base_config
 from mock_upstream import Json, MockUpstream, Sse
-from ops_helpers import call, chat_body, completion, sse_chat
+from ops_helpers import call, chat_body, completion, recorded, sse_chat
 
 LIMITED = "gw-limited-key-555555"
 OTHER = "gw-other-key-666666"
@@ -43,7 +43,7 @@ async def test_burst_then_429_without_contacting_upstream(start_gateway: StartGa
     assert ra is not None and re.fullmatch(r"[0-9]+", ra) and int(ra) >= 1, ra
     assert int(ra) <= 2, ra  # 60 rpm: one request a second
     assert limit_headers(r3) == ("60", "0")
-    await asyncio.sleep(0.1)
+    await recorded(gw, r3)
     assert len(mock_upstream.requests) == 2
     # another key is not affected
     r4 = await call(gw.port, chat_body(), key=OTHER)
@@ -151,7 +151,7 @@ async def test_identical_request_answered_from_cache(start_gateway: StartGateway
     assert r2.header("content-length") == str(len(answer))
     assert r1.header("x-request-id") != r2.header("x-request-id")
     assert_wire_invariants(r2)
-    await asyncio.sleep(0.05)
+    assert (await recorded(gw, r2))["cache"] == "HIT"
     assert len(mock_upstream.requests) == 1
 
 

@@ -253,6 +253,12 @@ class Exchange:
         if cfg.chat_logging and buffered:
             self.collected = []
         result = await self.chain.run(plan, buffered)
+        if self.finished:
+            # Already recorded as client_closed (a cancel the event loop lost): the
+            # answer is for nobody; close its connection, never count a stream.
+            if isinstance(result, Accepted):
+                result.conn.detach()
+            return
         if self.draining:
             # the client left while the request was upstream (on_disconnect = "drain")
             if isinstance(result, Accepted):
