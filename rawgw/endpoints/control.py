@@ -92,13 +92,8 @@ class _AdminContext:
 
     def enable_key(self, provider: str, index: int) -> bool:
         pool = self.host.router.pools.get(provider)
-        if pool is None or not 0 <= index < len(pool.keys):
-            return False
-        st = pool.states[pool.keys[index]]
-        st.disabled = False
-        st.cooldown_until = 0.0
-        st.strikes = 0
-        return True
+        # KeyPool.enable tells the state backend: with [state] url, every instance
+        return pool is not None and pool.enable(index)
 
     def providers(self) -> dict[str, Any]:
         return self.host.providers_status()

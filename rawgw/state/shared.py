@@ -38,7 +38,10 @@ log = logging.getLogger("rawgw.state")
 # cooldown: until_epoch is when the key may be used again (strikes: consecutive 429s);
 # disabled: 401/403, until an "enabled" (config reload, admin); breaker_*: key_index -1,
 # until_epoch of breaker_open is when the half-open probe may run.
-KEY_EVENT_KINDS = ("cooldown", "disabled", "enabled", "breaker_open", "breaker_closed")
+# revoked: a gateway key refused everywhere at once; ``provider`` holds the SHA-256 hex of
+# the key's value (never the value), key_index -1; it has no end (a key given a new value
+# has a new digest).
+KEY_EVENT_KINDS = ("cooldown", "disabled", "enabled", "breaker_open", "breaker_closed", "revoked")
 _CLEARING = frozenset({"enabled", "breaker_closed"})
 _BREAKER = frozenset({"breaker_open", "breaker_closed"})
 
@@ -69,6 +72,8 @@ class KeyEvent:
     at: float = 0.0
 
     def field(self) -> str:
+        if self.kind == "revoked":
+            return f"r:{self.provider}"
         return f"b:{self.provider}" if self.kind in _BREAKER else f"k:{self.provider}:{self.key_index}"
 
     def encode(self) -> bytes:
@@ -133,7 +138,7 @@ class SharedState:
         """
         if kind not in KEY_EVENT_KINDS:
             raise ValueError(f"key event kind must be one of {', '.join(KEY_EVENT_KINDS)}, got {kind!r}")
-        event = KeyEvent(provider, -1 if kind in _BREAKER else key_index, kind, until_epoch, strikes, self.origin, time.time())
+        event = KeyEvent(provider, -1 if kind in _BREAKER or kind == "revoked" else key_index, kind, until_epoch, strikes, self.origin, time.time())
         payload = event.encode()
         store: tuple[Arg, ...] = (
             ("HDEL", self.states_key, event.field()) if kind in _CLEARING else ("HSET", self.states_key, event.field(), payload)
