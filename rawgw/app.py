@@ -69,6 +69,7 @@ class Gateway:
         self.pools = Pools(config.server.max_header_bytes)
         self.router = Router(config)
         self.state.attach(self.router)
+        self.state.on_cache_cleared = self._clear_local_cache
         self.state.start()
         self.recorder = Recorder(config)
         self.models = ModelLister()
@@ -406,6 +407,14 @@ class Gateway:
 
     def stream_closed(self) -> None:
         self.active_streams -= 1
+
+    def _clear_local_cache(self) -> None:
+        if self.cache is not None:
+            self.cache.entries.clear()
+
+    async def clear_shared_cache(self) -> int:
+        """The admin's cache clear, for every instance ([state]); 0 in-process."""
+        return await self.state.cache_clear()
 
     def close(self) -> None:
         if self.siblings is not None:

@@ -491,3 +491,27 @@ async def test_admin_revoke_on_a_is_refused_by_b_at_once(start_gateway: StartGat
 
     await wait_until(refused_on_b, timeout=2, what="alice refused on B")
     assert (await call(b.port, chat_body(), key=admin)).status == 200
+
+
+async def test_admin_cache_clear_on_a_clears_every_instance(
+    start_gateway: StartGateway, mock_upstream: MockUpstream, redis_server: RedisServer, redis_client: StateClient
+) -> None:
+    """POST /admin/cache/clear on A: the shared entries go and B drops its local copy
+    too, so the next request on B goes upstream (MISS) instead of a stale HIT."""
+    admin = "gw-admin-key-9f8e7d6c5b4a39281706"
+    keys = [{"key": admin, "name": "root", "admin": True}]
+    cfg = shared_config(mock_upstream, redis_server, keys=keys, extra={"cache": {"enabled": True, "ttl_s": 60}})
+    a, b = await start_gateway(cfg), await start_gateway(cfg)
+    await state_up_key(a, admin)
+    await state_up_key(b, admin)
+    assert (await call(b.port, chat_body(), key=admin)).header("x-cache") == "MISS"
+    assert (await call(b.port, chat_body(), key=admin)).header("x-cache") == "HIT"  # B's local copy
+    r = await call(a.port, b"", path="/admin/cache/clear", method="POST", key=admin)
+    assert r.status == 200 and r.json()["cleared"] >= 1, r.body
+    assert not await redis_client.call("KEYS", "{rawgw:cache}:*")
+
+    async def miss_on_b() -> bool:
+        return (await call(b.port, chat_body(), key=admin)).header("x-cache") == "MISS"
+
+    await wait_until(miss_on_b, timeout=2, what="B's cached answer dropped")
+    assert len(mock_upstream.requests) == 2

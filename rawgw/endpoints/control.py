@@ -67,6 +67,8 @@ class ControlHost(Protocol):
 
     def providers_status(self) -> dict[str, Any]: ...
 
+    async def clear_shared_cache(self) -> int: ...
+
 
 class _AdminContext:
     """rawgw.control.admin_api.AdminContext over the gateway."""
@@ -82,13 +84,13 @@ class _AdminContext:
     def apply(self, config: Config) -> None:
         self.plane.apply(config)
 
-    def clear_cache(self) -> int:
+    async def clear_cache(self) -> int:
         cache = self.host.cache
         if cache is None:
             return 0
         n = len(cache.entries)
         cache.entries.clear()
-        return n
+        return n + await self.host.clear_shared_cache()
 
     def enable_key(self, provider: str, index: int) -> bool:
         pool = self.host.router.pools.get(provider)

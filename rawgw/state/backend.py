@@ -49,6 +49,7 @@ FLUSH_INTERVAL_S = 1.0
 CLUSTER_WANTED_S = 60.0
 CLUSTER_WINDOW_S = 3600
 PROBE_TTL_MS = 30_000
+CLEAR_TIMEOUT_MS = 5000.0  # SCAN + UNLINK of the shared cache, from the admin API
 MODELS_PREFIX = b"models:"
 
 
@@ -63,6 +64,8 @@ class LocalState:
         # SHA-256 hex digests of gateway keys revoked at run time (admin), here or on
         # any instance sharing the state server; checked per request only when not empty
         self.revoked: set[str] = set()
+        # set by the gateway: drop the local response cache (another instance's admin cleared it)
+        self.on_cache_cleared: Callable[[], None] | None = None
 
     # lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -111,6 +114,9 @@ class LocalState:
     def cache_put(self, key: bytes, value: bytes, ttl_s: float) -> None:
         pass
 
+    async def cache_clear(self) -> int:
+        return 0
+
     # usage ----------------------------------------------------------------------------
     def count(self, rec: RequestRecord) -> None:
         pass
@@ -142,6 +148,8 @@ class RedisState(LocalState):
         self.shared_limiter = SharedLimiter(self.client, config.prefix)
         self.state = SharedState(self.client, config.prefix)
         self.router: Router | None = None
+        # set by the gateway: drop the local response cache (another instance's admin cleared it)
+        self.on_cache_cleared: Callable[[], None] | None = None
         # key name -> clock() until which the key is known to be over its RPM limit
         self.denied: dict[str, float] = {}
         self.remaining: dict[str, list[Header]] = {}  # last shared x-ratelimit-* per key
@@ -217,6 +225,10 @@ class RedisState(LocalState):
     def _apply(self, event: KeyEvent) -> None:
         if event.kind == "revoked":
             self.revoked.add(event.provider)
+            return
+        if event.kind == "cache_cleared":
+            if self.on_cache_cleared is not None:
+                self.on_cache_cleared()  # another instance's admin cleared the cache
             return
         router = self.router
         pool: KeyPool | None = router.pools.get(event.provider) if router is not None else None
@@ -320,6 +332,19 @@ class RedisState(LocalState):
     def cache_put(self, key: bytes, value: bytes, ttl_s: float) -> None:
         if self.client.up:
             self._spawn(self.state.cache_set(key, value, ttl_s))
+
+    async def cache_clear(self) -> int:
+        """The admin's clear reaches every instance: the shared entries go (an admin
+        call, so it may take longer than a request's timeout_ms)."""
+        if not self.client.up:
+            return 0
+        try:
+            removed = await self.state.cache_clear(timeout_ms=CLEAR_TIMEOUT_MS)
+            await self.state.publish_key_event("", -1, "cache_cleared", timeout_ms=CLEAR_TIMEOUT_MS)
+            return removed
+        except StateError:
+            self.errors += 1
+            return 0
 
     # usage --------------------------------------------------------------------------------
     def count(self, rec: RequestRecord) -> None:

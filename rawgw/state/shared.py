@@ -41,7 +41,8 @@ log = logging.getLogger("rawgw.state")
 # revoked: a gateway key refused everywhere at once; ``provider`` holds the SHA-256 hex of
 # the key's value (never the value), key_index -1; it has no end (a key given a new value
 # has a new digest).
-KEY_EVENT_KINDS = ("cooldown", "disabled", "enabled", "breaker_open", "breaker_closed", "revoked")
+KEY_EVENT_KINDS = ("cooldown", "disabled", "enabled", "breaker_open", "breaker_closed", "revoked", "cache_cleared")
+_PUBLISH_ONLY = frozenset({"cache_cleared"})  # news, not a state to store
 _CLEARING = frozenset({"enabled", "breaker_closed"})
 _BREAKER = frozenset({"breaker_open", "breaker_closed"})
 
@@ -140,10 +141,14 @@ class SharedState:
             raise ValueError(f"key event kind must be one of {', '.join(KEY_EVENT_KINDS)}, got {kind!r}")
         event = KeyEvent(provider, -1 if kind in _BREAKER or kind == "revoked" else key_index, kind, until_epoch, strikes, self.origin, time.time())
         payload = event.encode()
+        publish: tuple[Arg, ...] = ("PUBLISH", self.channel, payload)
+        if kind in _PUBLISH_ONLY:
+            _raise_errors(await self.client.pipeline([publish], timeout_ms=timeout_ms))
+            return event
         store: tuple[Arg, ...] = (
             ("HDEL", self.states_key, event.field()) if kind in _CLEARING else ("HSET", self.states_key, event.field(), payload)
         )
-        replies = await self.client.pipeline([store, ("PUBLISH", self.channel, payload)], timeout_ms=timeout_ms)
+        replies = await self.client.pipeline([store, publish], timeout_ms=timeout_ms)
         _raise_errors(replies)
         return event
 
@@ -217,6 +222,23 @@ class SharedState:
     async def cache_set(self, key: str | bytes, value: bytes, ttl_s: float, *, timeout_ms: float | None = None) -> None:
         """Store ``value`` for ``ttl_s`` seconds (at least 1 ms)."""
         await self.client.call("SET", self.cache_key(key), value, "PX", max(1, int(ttl_s * 1000)), timeout_ms=timeout_ms)
+
+    async def cache_clear(self, *, timeout_ms: float | None = None) -> int:
+        """Drop every shared cached response (SCAN + UNLINK in batches); return how many.
+
+        SCAN, not KEYS: the server keeps serving everybody else while it runs."""
+        pattern = b"{" + self.prefix.encode() + b"cache}:*"
+        models = self.cache_key(b"models:")  # model lists are not responses: they stay
+        cursor = b"0"
+        removed = 0
+        while True:
+            reply = await self.client.call("SCAN", cursor, "MATCH", pattern, "COUNT", 1000, timeout_ms=timeout_ms)
+            cursor = bytes(reply[0])
+            keys = [k for k in (bytes(k) for k in reply[1]) if not k.startswith(models)]
+            if keys:
+                removed += int(await self.client.call("UNLINK", *keys, timeout_ms=timeout_ms))
+            if cursor == b"0":
+                return removed
 
     # counters ---------------------------------------------------------------------
     def counter_key(self, minute: int) -> str:
