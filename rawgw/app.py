@@ -78,6 +78,7 @@ class Gateway:
         self._version = local.version_info(__version__)
         self._apply(config)
         self.control = ControlPlane(self, self.recorder.writer.put)
+        self.state.on_overlay_changed = self.control.from_cluster
 
     def _apply(self, config: Config) -> None:
         """Everything derived from one config, computed once (never per request)."""
@@ -411,6 +412,13 @@ class Gateway:
     def _clear_local_cache(self) -> None:
         if self.cache is not None:
             self.cache.entries.clear()
+
+    @property
+    def shares_state(self) -> bool:
+        return self.state.shared
+
+    async def share_overlay(self, text: bytes) -> None:
+        await self.state.share_overlay(text)
 
     async def clear_shared_cache(self) -> int:
         """The admin's cache clear, for every instance ([state]); 0 in-process."""

@@ -515,3 +515,31 @@ async def test_admin_cache_clear_on_a_clears_every_instance(
 
     await wait_until(miss_on_b, timeout=2, what="B's cached answer dropped")
     assert len(mock_upstream.requests) == 2
+
+
+async def test_admin_route_on_a_reaches_b_and_a_later_instance(
+    start_gateway: StartGateway, mock_upstream: MockUpstream, redis_server: RedisServer
+) -> None:
+    """Issue 14.2: with [state], an admin change on A reaches every instance: B (running,
+    its own config dir) serves the new alias on its next requests and keeps it in its own
+    gateway.d/admin.toml; C, started afterwards, picks it up when it joins."""
+    admin = "gw-admin-key-9f8e7d6c5b4a39281706"
+    keys = [{"key": admin, "name": "root", "admin": True}]
+    cfg = shared_config(mock_upstream, redis_server, keys=keys)
+    a, b = await start_gateway(cfg), await start_gateway(cfg)
+    await state_up_key(a, admin)
+    await state_up_key(b, admin)
+    alias = chat_body(model="team-fast")
+    r = await call(a.port, b'{"match":"team-fast","model":"real-model"}', path="/admin/routes", method="POST", key=admin)
+    assert r.status == 201, r.body
+
+    async def served_on(gw: Gateway) -> bool:
+        # without the route the mock answers too, but gets the model as the client sent it
+        r = await call(gw.port, alias, key=admin)
+        return r.status == 200 and mock_upstream.requests[-1].json()["model"] == "real-model"
+
+    await wait_until(lambda: served_on(b), timeout=3, what="the admin route on B")
+    assert "team-fast" in (b.config_path.parent / "gateway.d" / "admin.toml").read_text()
+    c = await start_gateway(cfg)
+    await state_up_key(c, admin)
+    await wait_until(lambda: served_on(c), timeout=3, what="the admin route on C, started later")

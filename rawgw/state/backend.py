@@ -66,6 +66,8 @@ class LocalState:
         self.revoked: set[str] = set()
         # set by the gateway: drop the local response cache (another instance's admin cleared it)
         self.on_cache_cleared: Callable[[], None] | None = None
+        # set by the gateway: another instance's admin changed the overlay (its TOML text)
+        self.on_overlay_changed: Callable[[bytes], None] | None = None
 
     # lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -116,6 +118,9 @@ class LocalState:
 
     async def cache_clear(self) -> int:
         return 0
+
+    async def share_overlay(self, text: bytes) -> None:
+        pass
 
     # usage ----------------------------------------------------------------------------
     def count(self, rec: RequestRecord) -> None:
@@ -230,6 +235,9 @@ class RedisState(LocalState):
             if self.on_cache_cleared is not None:
                 self.on_cache_cleared()  # another instance's admin cleared the cache
             return
+        if event.kind == "overlay_changed":
+            self._spawn(self._fetch_overlay())
+            return
         router = self.router
         pool: KeyPool | None = router.pools.get(event.provider) if router is not None else None
         if pool is not None:
@@ -243,6 +251,26 @@ class RedisState(LocalState):
         for event in await self.state.load_key_states(timeout_ms=max(self.timeout_ms, 1000.0)):
             if event.origin != self.state.origin:
                 self._apply(event)
+        await self._fetch_overlay()  # admin changes made while this process was away
+
+    async def _fetch_overlay(self) -> None:
+        try:
+            text = await self.state.get_overlay(timeout_ms=max(self.timeout_ms, 1000.0))
+        except StateError:
+            self.errors += 1
+            return
+        if text is not None and self.on_overlay_changed is not None:
+            self.on_overlay_changed(text)
+
+    async def share_overlay(self, text: bytes) -> None:
+        """This process's admin changed the overlay: store it and tell every instance."""
+        if not self.client.up:
+            return  # documented: an admin change made during an outage stays local
+        try:
+            await self.state.put_overlay(text, timeout_ms=CLEAR_TIMEOUT_MS)
+            await self.state.publish_key_event("", -1, "overlay_changed", timeout_ms=CLEAR_TIMEOUT_MS)
+        except StateError:
+            self.errors += 1
 
     def _on_up(self) -> None:
         # The server is (back) up, maybe restarted empty: what this process still knows

@@ -41,8 +41,8 @@ log = logging.getLogger("rawgw.state")
 # revoked: a gateway key refused everywhere at once; ``provider`` holds the SHA-256 hex of
 # the key's value (never the value), key_index -1; it has no end (a key given a new value
 # has a new digest).
-KEY_EVENT_KINDS = ("cooldown", "disabled", "enabled", "breaker_open", "breaker_closed", "revoked", "cache_cleared")
-_PUBLISH_ONLY = frozenset({"cache_cleared"})  # news, not a state to store
+KEY_EVENT_KINDS = ("cooldown", "disabled", "enabled", "breaker_open", "breaker_closed", "revoked", "cache_cleared", "overlay_changed")
+_PUBLISH_ONLY = frozenset({"cache_cleared", "overlay_changed"})  # news, not a state to store
 _CLEARING = frozenset({"enabled", "breaker_closed"})
 _BREAKER = frozenset({"breaker_open", "breaker_closed"})
 
@@ -239,6 +239,18 @@ class SharedState:
                 removed += int(await self.client.call("UNLINK", *keys, timeout_ms=timeout_ms))
             if cursor == b"0":
                 return removed
+
+    # admin overlay ----------------------------------------------------------------
+    def overlay_key(self) -> str:
+        return "{" + self.prefix + "overlay}"
+
+    async def put_overlay(self, text: bytes, *, timeout_ms: float | None = None) -> None:
+        """The admin overlay (gateway.d/admin.toml) of the cluster: the last change wins."""
+        await self.client.call("SET", self.overlay_key(), text, timeout_ms=timeout_ms)
+
+    async def get_overlay(self, *, timeout_ms: float | None = None) -> bytes | None:
+        reply = await self.client.call("GET", self.overlay_key(), timeout_ms=timeout_ms)
+        return None if reply is None else bytes(reply)
 
     # counters ---------------------------------------------------------------------
     def counter_key(self, minute: int) -> str:
