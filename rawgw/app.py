@@ -30,16 +30,19 @@ from rawgw.errors import GatewayError, retry_after_header
 from rawgw.http.cors import CORS_RESPONSE_HEADERS, Cors
 from rawgw.http.headers import RESPONSE_DROP, get_header, plain_headers
 from rawgw.http.reply import Reply
+from rawgw.observe.metrics import Metrics
 from rawgw.observe.prometheus import Stats
 from rawgw.observe.record import FailedAttempt, RequestRecord
 from rawgw.observe.recorder import Recorder
+from rawgw.observe.siblings import Siblings
 from rawgw.relay.context import ProviderLink, RelayConfig
 from rawgw.relay.exchange import Exchange
 from rawgw.request import Incoming, new_request_id, response_extras, valid_request_id
 from rawgw.routing.auth import authenticate, presented_key
-from rawgw.routing.ratelimit import RATE_LIMIT_HEADERS, RateLimiter
+from rawgw.routing.ratelimit import RATE_LIMIT_HEADERS
 from rawgw.routing.router import Endpoint, Router
 from rawgw.server.connection import ClientConnection
+from rawgw.state.backend import build_state, key_digest
 from rawgw.upstream.pool import Origin, Pools
 
 log = logging.getLogger("rawgw")
@@ -52,14 +55,22 @@ WWW_AUTHENTICATE = (b"www-authenticate", b'Bearer realm="rawgw"')
 class Gateway:
     """Request dispatch plus the state shared by every connection of one process."""
 
-    def __init__(self, config: Config, workers: int = 1) -> None:
+    def __init__(self, config: Config, workers: int = 1, siblings_dir: str | None = None, worker_index: int = 0) -> None:
         self.loop = asyncio.get_running_loop()
         self.workers = workers
-        self.limiter = RateLimiter(workers)
+        # --workers N: /metrics sums every worker's numbers (rawgw.observe.siblings)
+        self.siblings = Siblings(siblings_dir, worker_index, self._snapshot_doc) if siblings_dir else None
+        # The state seam: in-process unless [state] url is set; a change of [state]
+        # takes a restart (a reload keeps the backend it started with).
+        self.state = build_state(config.state, workers)
+        self.limiter = self.state.limiter
         self.cache: ResponseCache | None = None
         self.clients: set[ClientConnection] = set()
         self.pools = Pools(config.server.max_header_bytes)
         self.router = Router(config)
+        self.state.attach(self.router)
+        self.state.on_cache_cleared = self._clear_local_cache
+        self.state.start()
         self.recorder = Recorder(config)
         self.models = ModelLister()
         self.started = time.time()
@@ -67,12 +78,14 @@ class Gateway:
         self._version = local.version_info(__version__)
         self._apply(config)
         self.control = ControlPlane(self, self.recorder.writer.put)
+        self.state.on_overlay_changed = self.control.from_cluster
 
     def _apply(self, config: Config) -> None:
         """Everything derived from one config, computed once (never per request)."""
         self.config = config
         self.keys: tuple[GatewayKey, ...] = config.keys
         self.encoded_keys = [k.key.encode() for k in config.keys]
+        self.key_digests = {k.name: key_digest(k.key) for k in config.keys}
         self.public_paths = frozenset(config.server.public_paths)
         self.cors = cors = Cors(config.server.cors_origins)
         c = config.cache
@@ -99,11 +112,25 @@ class Gateway:
             cache=self.cache,
             chat_logging=config.logging.chat,
             request_timeout_s=config.server.request_timeout_s,
+            state=self.state,
         )
+
+    async def start(self) -> None:
+        """What needs the loop running before the first connection is accepted."""
+        if self.siblings is not None:
+            await self.siblings.start()
 
     def reload(self, config: Config) -> None:
         """SIGHUP: new routing and limits; key state carried over (SPEC 7)."""
         self.router = Router(config, old=self.router)
+        self.state.attach(self.router)
+        if self.state.shared:
+            # A gateway key this config drops (admin revoke, or an edited file) is refused
+            # by every instance at once, not only by those that reload (LiteLLM #1775).
+            kept = {k.key for k in config.keys}
+            for k in self.keys:
+                if k.key not in kept:
+                    self.state.revoke(k.key)
         self.recorder.reconfigure(config)
         self._apply(config)
         self.control.configure(config)
@@ -135,14 +162,24 @@ class Gateway:
                     msg = "missing gateway key: send Authorization: Bearer <key> or x-api-key" if presented is None else "invalid gateway key"
                     # RFC 9110 §15.5.2: a 401 MUST carry a challenge
                     raise GatewayError(401, msg, headers=[WWW_AUTHENTICATE])
+                if inc.key is not None and self.state.revoked and self.key_digests.get(inc.key.name) in self.state.revoked:
+                    # revoked at run time on this or another instance (issue 12)
+                    inc.key = None
+                    raise GatewayError(401, "gateway key revoked", headers=[WWW_AUTHENTICATE])
             key = inc.key
             kind = endpoint.kind
             # Gateway-local reads (health, metrics, dashboard, the models list) do not spend the
             # key's budget: a dashboard polling every 2 s must not starve proxied requests.
             local_read = kind == "local" or (kind == "models" and method in (b"GET", b"HEAD"))
-            if key is not None and key.rate_limit_rpm > 0 and local_read:
-                inc.rate_headers = self.limiter.peek(key)
-            elif key is not None and key.rate_limit_rpm > 0:
+            limited = key is not None and (key.rate_limit_rpm > 0 or key.rate_limit_tpm > 0)
+            if key is not None and limited and local_read:
+                inc.rate_headers = self.state.peek(key)
+            elif key is not None and limited and (self.state.shared or key.rate_limit_tpm > 0):
+                # Decided in the Exchange before the first upstream byte (TPM needs the
+                # body, a shared bucket a round trip); until then the last known headers.
+                inc.limit_deferred = True
+                inc.rate_headers = self.state.peek(key)
+            elif key is not None and limited:
                 wait, inc.rate_headers = self.limiter.check(key)
                 if wait > 0:
                     inc.key_limited = True
@@ -153,6 +190,9 @@ class Gateway:
                         kind="rate_limited",
                     )
             if kind == "local":
+                if self.siblings is not None and endpoint.path in AGGREGATED and method in (b"GET", b"HEAD") and self.config.metrics.enabled:
+                    self._aggregated(client, inc)
+                    return
                 self._reply(client, inc, local.answer(self, method, endpoint.path))
                 return
             if kind == "unknown":
@@ -180,6 +220,15 @@ class Gateway:
                 timeout = min(timeout, value)
         inc.deadline = t0 + timeout
         Exchange(self.relay, self, client, inc).start()
+
+    def revoke_key(self, name: str) -> bool:
+        """Refuse gateway key ``name`` at once, on every instance sharing the state server
+        (the admin API's revoke; the config change that removes it follows)."""
+        key = next((k for k in self.keys if k.name == name), None)
+        if key is None:
+            return False
+        self.state.revoke(key.key)
+        return True
 
     def early_error_headers(self) -> list[Header]:
         return self.cors.early_error_headers()
@@ -243,6 +292,37 @@ class Gateway:
 
         task.add_done_callback(done)
 
+    def _aggregated(self, client: ClientConnection, inc: Incoming) -> None:
+        """/metrics or /metrics.json of a multi-worker gateway: the sum over every worker."""
+        assert self.siblings is not None
+        task = self.loop.create_task(self.siblings.gather())
+        client.sink = _Waiting(task)
+
+        def done(t: asyncio.Task[list[dict[str, Any]]]) -> None:
+            if t.cancelled() or client.closed:
+                self._record_local(inc, 499, "client_closed", 0)
+                return
+            exc = t.exception()
+            peers = [] if exc is not None else t.result()
+            try:
+                reply = local.answer(_Summed(self, self.stats(peers)), inc.method, inc.endpoint.path)
+            except GatewayError as err:
+                self._error(client, inc, err)
+                return
+            self._reply(client, inc, reply)
+
+        task.add_done_callback(done)
+
+    def _snapshot_doc(self) -> dict[str, Any]:
+        """This worker's numbers, as a sibling asks for them."""
+        return {
+            "metrics": self.recorder.metrics.to_doc(),
+            "open_connections": len(self.clients),
+            "active_streams": self.active_streams,
+            "pools": {k: list(v) for k, v in self.pools.stats().items()},
+            "log_dropped": self.recorder.writer.dropped,
+        }
+
     def _local_async(self, client: ClientConnection, inc: Incoming, answer: Callable[[Incoming, bytes], Coroutine[Any, Any, Reply]]) -> None:
         """A local answer that needs the whole (bounded) request body, computed off the head."""
         sink = client.sink = _Collect()
@@ -273,24 +353,51 @@ class Gateway:
         return self._version
 
     def providers_status(self) -> dict[str, Any]:
-        return local.providers_status(self.config, self.router.pools)
+        return local.providers_status(self.config, self.router.pools, cluster=self.state.cluster())
 
-    def stats(self) -> Stats:
+    def stats(self, peers: list[dict[str, Any]] | None = None) -> Stats:
+        """This process's numbers; with ``peers`` (sibling workers' snapshots) their sum."""
+        metrics = self.recorder.metrics
+        pools = self.pools.stats()
+        open_connections = len(self.clients)
+        active_streams = self.active_streams
+        dropped = self.recorder.writer.dropped
+        extra = self.state.metric_lines()
+        if peers is not None:
+            metrics = Metrics()
+            metrics.add_doc(self.recorder.metrics.to_doc())
+            pools = dict(pools)
+            for doc in peers:
+                metrics.add_doc(doc["metrics"])
+                open_connections += doc["open_connections"]
+                active_streams += doc["active_streams"]
+                dropped += doc["log_dropped"]
+                for origin, (o, i) in doc["pools"].items():
+                    mine = pools.get(origin, (0, 0))
+                    pools[origin] = (mine[0] + o, mine[1] + i)
+            extra = extra + [
+                "# HELP rawgw_workers_answered Workers whose numbers this scrape sums (--workers N).",
+                "# TYPE rawgw_workers_answered gauge",
+                f"rawgw_workers_answered {1 + len(peers)}",
+            ]
         return Stats(
-            metrics=self.recorder.metrics,
+            metrics=metrics,
             started=self.started,
-            open_connections=len(self.clients),
-            active_streams=self.active_streams,
-            pools=self.pools.stats(),
+            open_connections=open_connections,
+            active_streams=active_streams,
+            pools=pools,
             providers=self.providers_status()["providers"],
             recent_errors=list(self.recorder.recent_errors),
-            log_dropped=self.recorder.writer.dropped,
+            log_dropped=dropped,
+            extra_lines=extra,
+            cluster=self.state.cluster(),
         )
 
     # ---- relay.RelayHooks -----------------------------------------------------
 
     def record(self, rec: RequestRecord) -> None:
         self.recorder.request_done(rec)
+        self.state.count(rec)
         self.control.observe(rec)
 
     def failed_attempt(self, failure: FailedAttempt) -> None:
@@ -302,10 +409,53 @@ class Gateway:
     def stream_closed(self) -> None:
         self.active_streams -= 1
 
+    def _clear_local_cache(self) -> None:
+        if self.cache is not None:
+            self.cache.entries.clear()
+
+    @property
+    def shares_state(self) -> bool:
+        return self.state.shared
+
+    async def share_overlay(self, text: bytes) -> None:
+        await self.state.share_overlay(text)
+
+    async def clear_shared_cache(self) -> int:
+        """The admin's cache clear, for every instance ([state]); 0 in-process."""
+        return await self.state.cache_clear()
+
     def close(self) -> None:
+        if self.siblings is not None:
+            self.siblings.close()
         self.control.close()
         self.pools.close()
         self.recorder.close()
+
+
+AGGREGATED = frozenset({"/metrics", "/metrics.json"})
+
+
+class _Summed:
+    """The gateway as a local.LocalContext whose stats are the sum over its workers."""
+
+    __slots__ = ("gateway", "summed")
+
+    def __init__(self, gateway: Gateway, summed: Stats) -> None:
+        self.gateway = gateway
+        self.summed = summed
+
+    @property
+    def config(self) -> Config:
+        return self.gateway.config
+
+    def stats(self) -> Stats:
+        return self.summed
+
+    def version_info(self) -> bytes:
+        return self.gateway.version_info()
+
+    def providers_status(self) -> dict[str, Any]:
+        return self.gateway.providers_status()
 
 
 class _Waiting:
@@ -313,7 +463,7 @@ class _Waiting:
 
     __slots__ = ("task",)
 
-    def __init__(self, task: asyncio.Task[Reply]) -> None:
+    def __init__(self, task: asyncio.Task[Any]) -> None:
         self.task = task
 
     def on_body(self, data: bytes) -> None:

@@ -2,8 +2,9 @@
 
 Keyed by the canonical request — the upstream model after mapping plus the body
 with sorted keys — and the gateway key's scope, so two keys never share answers.
-LRU with a TTL and ``max_entries``; only 2xx answers are stored. Per process:
-with N workers each has its own cache.
+LRU with a TTL and ``max_entries``; only 2xx answers are stored. Per process; with
+``[state] url`` an entry is also stored on the state server (``encode_entry``), so
+that every process and instance sharing it finds it.
 """
 
 from __future__ import annotations
@@ -58,3 +59,21 @@ class ResponseCache:
         self.entries.move_to_end(key)
         while len(self.entries) > self.max_entries:
             self.entries.popitem(last=False)
+
+
+def encode_entry(status: int, headers: list[Header] | tuple[Header, ...], body: bytes, provider: str) -> bytes:
+    """A cached response as stored on the state server: JSON head, NUL, the body bytes."""
+    head = orjson.dumps({"s": status, "p": provider, "h": [[n.decode("latin-1"), v.decode("latin-1")] for n, v in headers]})
+    return head + b"\0" + body  # orjson escapes control characters: no NUL in the head
+
+
+def decode_entry(data: bytes) -> tuple[int, list[Header], bytes, str] | None:
+    head, sep, body = data.partition(b"\0")
+    if not sep:
+        return None
+    try:
+        doc = orjson.loads(head)
+        headers = [(str(n).encode("latin-1"), str(v).encode("latin-1")) for n, v in doc["h"]]
+        return int(doc["s"]), headers, body, str(doc["p"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeEncodeError):
+        return None

@@ -101,7 +101,7 @@ class GatewayKey:
     rate_limit_rpm: int = 0
     rate_limit_burst: int = 0
     # tokens per minute (prompt estimate + max_tokens reserved, refunded from real usage);
-    # needs a [state] server (one exact cluster-wide bucket), in-process it is not enforced
+    # one exact cluster-wide bucket with [state] url, per process (divided by workers) without
     rate_limit_tpm: int = 0
     admin: bool = False  # may use /admin/... (rawgw.control.admin_api)
 

@@ -95,7 +95,10 @@ def summarize(config: Config) -> list[str]:
 
     lines.append(f"gateway keys ({len(config.keys)}):" + ("" if config.keys else " none, authentication is off"))
     for k in config.keys:
-        rate = f"{k.rate_limit_rpm} rpm, burst {k.rate_limit_burst}" if k.rate_limit_rpm else "no rate limit"
+        limits = [f"{k.rate_limit_rpm} rpm, burst {k.rate_limit_burst}"] if k.rate_limit_rpm else []
+        if k.rate_limit_tpm:
+            limits.append(f"{k.rate_limit_tpm} tpm")
+        rate = ", ".join(limits) or "no rate limit"
         lines.append(f"  {k.name} ({mask_key(k.key)}): providers {_list(k.providers, 'all')}; models {_list(k.models, 'all')}; {rate}")
 
     log = config.logging
@@ -108,6 +111,17 @@ def summarize(config: Config) -> list[str]:
     lines.append(f"cache: {_onoff(cache.enabled)}" + (f" (ttl {cache.ttl_s:g} s, {cache.max_entries} entries)" if cache.enabled else ""))
     lines.append(f"metrics: {_onoff(config.metrics.enabled)}")
     lines.append(f"model lists: cached {config.models.cache_ttl_s:g} s per provider")
+    st = config.state
+    if st.shared:
+        from rawgw.state.url import mask_url, parse_state_url
+
+        try:
+            shown = parse_state_url(st.url).masked()
+        except ValueError:
+            shown = mask_url(st.url)
+        lines.append(f"state: shared on {shown} (prefix {st.prefix!r}, timeout {st.timeout_ms} ms)")
+    else:
+        lines.append("state: in this process (no [state] url)")
     if config.warnings:
         lines.append(f"warnings ({len(config.warnings)}):")
         lines.extend(f"  {w}" for w in config.warnings)
@@ -162,6 +176,14 @@ def _init_header(provider: str) -> str:
     return "\n".join(lines) + "\n\n"
 
 
+_INIT_FOOTER: Final = """
+# More than one process (--workers N, or several instances behind a balancer)? Share rate
+# limits, key cooldowns, breakers, the cache and usage counters on a Redis/Valkey server:
+# [state]
+# url = "env:RAWGW_STATE_URL"   # redis://[user:pass@]host:6379/0, rediss://..., unix:///path
+"""
+
+
 def _sections_toml(doc: dict[str, Any]) -> str:
     """TOML with every top-level entry a table: ``[[keys]]`` rather than tomli_w's inline
     ``keys = [...]``, which a user's ``[server]`` added above it would turn into server.keys."""
@@ -183,7 +205,7 @@ def cmd_init(path: str = "gateway.toml", force: bool = False, provider: str = "o
     if os.path.exists(path) and not force:
         _err(f"rawgw init: {path} already exists; use --force to overwrite it")
         return 1
-    text = _init_header(provider) + _sections_toml(starter_config(provider))
+    text = _init_header(provider) + _sections_toml(starter_config(provider)) + _INIT_FOOTER
     try:
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(text)

@@ -36,7 +36,21 @@ def new_request_id() -> bytes:
 class Incoming:
     """One request head and what the dispatch learned about it."""
 
-    __slots__ = ("deadline", "endpoint", "headers", "key", "key_limited", "method", "origin", "rate_headers", "request", "request_id", "session_id", "t0")
+    __slots__ = (
+        "deadline",
+        "endpoint",
+        "headers",
+        "key",
+        "key_limited",
+        "limit_deferred",
+        "method",
+        "origin",
+        "rate_headers",
+        "request",
+        "request_id",
+        "session_id",
+        "t0",
+    )
 
     def __init__(self, request: h11.Request, headers: list[Header], request_id: bytes, t0: float, endpoint: Endpoint) -> None:
         self.request = request
@@ -49,6 +63,9 @@ class Incoming:
         self.origin = get_header(headers, b"origin")
         self.rate_headers: list[Header] = []  # x-ratelimit-* of a limited gateway key
         self.key_limited = False  # refused by the key's own rate limit
+        # the key's limit is decided in the Exchange (TPM needs the body; a state server
+        # needs a round trip), not in the synchronous dispatch
+        self.limit_deferred = False
         self.deadline = t0
         self.session_id: bytes | None = None  # a valid X-Session-ID (rawgw.control.sessions), echoed
 

@@ -33,9 +33,11 @@ def install_event_loop_policy() -> None:
 class Server:
     """A listening gateway in this process."""
 
-    def __init__(self, config: Config, workers: int = 1) -> None:
+    def __init__(self, config: Config, workers: int = 1, siblings_dir: str | None = None, worker_index: int = 0) -> None:
         self.config = config
         self.workers = workers
+        self.siblings_dir = siblings_dir
+        self.worker_index = worker_index
         self.gateway: Gateway | None = None
         self.server: asyncio.base_events.Server | None = None
         self.port = 0
@@ -43,7 +45,8 @@ class Server:
 
     async def start(self, host: str | None = None, port: int | None = None, sock: socket.socket | None = None) -> None:
         loop = asyncio.get_running_loop()
-        self.gateway = gw = Gateway(self.config, self.workers)
+        self.gateway = gw = Gateway(self.config, self.workers, self.siblings_dir, self.worker_index)
+        await gw.start()
         cfg = self.config.server
 
         def factory() -> asyncio.Protocol:
@@ -106,6 +109,7 @@ class Server:
         for client in list(gw.clients):
             client.close()
         gw.close()
+        await gw.state.close()
 
 
 class _Refuse(asyncio.Protocol):
@@ -131,11 +135,14 @@ async def serve_forever(
     announce: Callable[[Server], None] | None = None,
     workers: int = 1,
     log_warnings: bool = True,
+    siblings_dir: str | None = None,
+    worker_index: int = 0,
 ) -> int:
     """Serve until SIGTERM/SIGINT, then drain; raises :class:`ListenError` when the
     address cannot be bound. ``log_warnings=False``: the caller reports the config's
-    warnings (the workers' supervisor, once for all)."""
-    server = Server(config, workers)
+    warnings (the workers' supervisor, once for all). ``siblings_dir``/``worker_index``:
+    a worker's metrics snapshot socket (rawgw.observe.siblings)."""
+    server = Server(config, workers, siblings_dir, worker_index)
     await server.start(host, port, sock)
     loop = asyncio.get_running_loop()
     stop = loop.create_future()

@@ -12,8 +12,10 @@ supervisor waits forever; SIGTERM or SIGHUP kill the supervisor and orphan the
 workers). So the signals are blocked before anything else, and the supervisor starts
 no thread at all (its console log is written synchronously).
 
-State is per worker: rate-limit buckets (each worker allows rate/N), key
-cooldowns and breakers, the response cache, the model-list cache and metrics.
+Without ``[state] url`` state is per worker: rate-limit buckets (each worker allows
+rate/N), key cooldowns and breakers, the response cache and the model-list cache.
+``/metrics`` sums every worker: each answers a snapshot on a unix socket in a directory
+the supervisor makes (rawgw.observe.siblings).
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ import asyncio
 import logging
 import os
 import select
+import shutil
 import signal
 import sys
+import tempfile
 import time
 
 from rawgw.config import Config, ConfigError
@@ -42,7 +46,17 @@ STARTUP_TIMEOUT_S = 30.0
 log = logging.getLogger("rawgw")
 
 
-def _worker_main(config: Config, path: str, host: str, port: int, workers: int, ready_fd: int, log_level: str) -> int:
+def _worker_main(
+    config: Config,
+    path: str,
+    host: str,
+    port: int,
+    workers: int,
+    ready_fd: int,
+    log_level: str,
+    index: int = 0,
+    siblings_dir: str | None = None,
+) -> int:
     """Runs in the forked child, with SIGNALS still blocked (inherited from the supervisor).
 
     They stay blocked until serve_forever has installed its handlers: a SIGTERM or
@@ -68,7 +82,11 @@ def _worker_main(config: Config, path: str, host: str, port: int, workers: int, 
         except OSError:
             pass  # a restarted worker: nobody waits for it
 
-    return asyncio.run(serve_forever(config, path, sock=sock, announce=announce, workers=workers, log_warnings=False))
+    return asyncio.run(
+        serve_forever(
+            config, path, sock=sock, announce=announce, workers=workers, log_warnings=False, siblings_dir=siblings_dir, worker_index=index
+        )
+    )
 
 
 def run_workers(config: Config, path: str, host: str, port: int, workers: int, log_level: str = "info") -> int:
@@ -77,10 +95,14 @@ def run_workers(config: Config, path: str, host: str, port: int, workers: int, l
     signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     setup_plain_logging(log_level)
     reserve = reuseport_socket(host, port, listen=False)
+    # Each worker answers its metrics snapshot on a unix socket here, so that a scrape
+    # reaching any of them sums them all (rawgw.observe.siblings). Private to this group.
+    siblings_dir = tempfile.mkdtemp(prefix="rawgw-workers-")
     try:
-        return _Supervisor(config, path, host, reserve.getsockname()[1], workers, log_level).run()
+        return _Supervisor(config, path, host, reserve.getsockname()[1], workers, log_level, siblings_dir).run()
     finally:
         reserve.close()
+        shutil.rmtree(siblings_dir, ignore_errors=True)
 
 
 def _describe(status: int) -> str:
@@ -94,7 +116,8 @@ def _describe(status: int) -> str:
 
 
 class _Supervisor:
-    def __init__(self, config: Config, path: str, host: str, port: int, workers: int, log_level: str) -> None:
+    def __init__(self, config: Config, path: str, host: str, port: int, workers: int, log_level: str, siblings_dir: str | None = None) -> None:
+        self.siblings_dir = siblings_dir
         self.config = config  # the last good config: what a restarted worker starts with
         self.path = path
         self.host = host
@@ -114,7 +137,7 @@ class _Supervisor:
             os.close(r)
             code = 1
             try:
-                code = _worker_main(self.config, self.path, self.host, self.port, self.workers, w, self.log_level)
+                code = _worker_main(self.config, self.path, self.host, self.port, self.workers, w, self.log_level, index, self.siblings_dir)
             finally:
                 os._exit(code)
         os.close(w)

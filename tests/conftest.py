@@ -23,12 +23,16 @@ functions
     await raw_connection(port, timeout=5.0) -> RawConn (async context manager too)
     parse_response(data, *, request_method="GET", eof=True) -> Response
     parse_responses(data, *, eof=True) -> list[Response]
+    chat_body(model="m", *, content="hi", compact=True, **fields) -> bytes (the body builder)
+    await wait_until(fn, timeout=5.0, what="") -> fn's first truthy value (the poller)
+    await launch_gateway(cwd, config, *, env, args, new_session=False) -> Gateway (the
+                 launcher behind start_gateway and ops_helpers.ProcGateway)
     chat_request(body=None, *, path="/v1/chat/completions", headers=(), key=GW_KEY,
                  auth="bearer", version="HTTP/1.1", close=False) -> bytes
     assert_gateway_error(response, status) -> error dict (OpenAI-shaped, status checked)
     assert_wire_invariants(response) (one Date, one Server: rawgw, no TE+CL, no hop-by-hop)
 constants
-    GW_KEY, UPSTREAM_KEY, CHAT_BODY
+    GW_KEY, UPSTREAM_KEY, CHAT_BODY, STREAM_BODY
 environment
     RAWGW_TEST_SRC   run the gateway subprocess from another source tree (mutation checks)
 """
@@ -36,6 +40,7 @@ environment
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 import signal
@@ -54,7 +59,7 @@ from collections.abc import (
 )
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import trustme
@@ -68,6 +73,7 @@ GW_KEY = "gw-test-key-123456"
 UPSTREAM_KEY = "sk-upstream-key-aaaa1111"
 # Odd spacing, key order and escapes: any re-serialisation by the gateway shows.
 CHAT_BODY = b'{"model":"m",  "messages":[{"role":"user","content":"h\\u00e9llo \xc3\xa9"}],"zeta":1.0,"alpha":null}'
+STREAM_BODY = b'{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}'
 
 STARTUP_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
@@ -147,6 +153,39 @@ def free_port() -> int:
     return port
 
 
+# --------------------------------------------------------------------------- bodies, polling
+
+
+def chat_body(model: str = "m", *, content: str = "hi", compact: bool = True, **fields: Any) -> bytes:
+    """The one chat body builder: ``{"model", "messages": [one user message], **fields}``.
+
+    ``compact``: separators "," and ":" (as SDKs send); False gives json.dumps'
+    default ", " and ": " (for tests that check the bytes are forwarded as sent)."""
+    doc: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": content}]}
+    doc.update(fields)
+    return json.dumps(doc, separators=(",", ":") if compact else None).encode()
+
+
+async def wait_until(fn: Callable[[], Any], timeout: float = 5.0, what: str = "", interval: float = 0.03) -> Any:
+    """The one poller: call ``fn`` (sync or async) until it returns something truthy;
+    return it. Fails with the last value seen after ``timeout`` seconds.
+
+    Poll for a fact the gateway exposes (a log line, a metric, a socket state), never
+    for time to pass."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        value = fn()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        last = value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or fn}: last {last!r}")
+        await asyncio.sleep(interval)
+
+
 # --------------------------------------------------------------------------- gateway
 
 
@@ -208,7 +247,29 @@ async def _launch(
     allow_traceback: bool = False,
 ) -> Gateway:
     cwd = tmp_path / f"gw{len(list(tmp_path.glob('gw*')))}"
-    cwd.mkdir()
+    return await launch_gateway(cwd, config, env=env, args=args, allow_traceback=allow_traceback)
+
+
+G = TypeVar("G", bound="Gateway")
+
+
+async def launch_gateway(
+    cwd: Path,
+    config: str | Mapping[str, Any],
+    *,
+    env: Mapping[str, str] | None = None,
+    args: Sequence[str] = (),
+    allow_traceback: bool = False,
+    new_session: bool = False,
+    timeout: float = STARTUP_TIMEOUT,
+    cls: type[G] = Gateway,  # type: ignore[assignment]
+) -> G:
+    """The one gateway launcher: ``python -m rawgw serve -c CONFIG --port 0 ARGS...`` with
+    cwd ``cwd`` (created), returned once it printed its listening line (the port).
+
+    ``new_session``: its own process group, so it and its workers can be killed
+    together (ops_helpers.ProcGateway). The caller stops it (``gw.stop()``)."""
+    cwd.mkdir(parents=True, exist_ok=True)
     config_path = cwd / "gateway.toml"
     config_path.write_text(config if isinstance(config, str) else to_toml(config))
     stderr_path = cwd / "stderr.txt"
@@ -239,8 +300,9 @@ async def _launch(
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=err,
+            start_new_session=new_session,
         )
-    gw = Gateway(
+    gw = cls(
         proc=proc,
         host="127.0.0.1",
         port=0,
@@ -249,19 +311,31 @@ async def _launch(
         stderr_path=stderr_path,
         allow_traceback=allow_traceback,
     )
+
+    async def give_up() -> None:
+        if new_session:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        await gw.stop(signal.SIGKILL)
+
     assert proc.stdout is not None
     stdout = proc.stdout
     first_line = ""
-    deadline = time.monotonic() + STARTUP_TIMEOUT
+    deadline = time.monotonic() + timeout
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            await gw.stop(signal.SIGKILL)
+            await give_up()
             pytest.fail(f"gateway did not print its listening line in time;\nstderr:\n{gw.stderr_text()}")
         try:
             line_b = await asyncio.wait_for(stdout.readline(), remaining)
         except TimeoutError:
             continue
+        except BaseException:
+            await give_up()
+            raise
         if not line_b:
             rc = await gw.stop()
             pytest.fail(

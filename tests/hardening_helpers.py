@@ -1,5 +1,5 @@
 """Helpers for the hardening tests (issue 7): process gauges from /proc and /metrics,
-a hand-rolled upstream that half-closes, and small request builders.
+and small request builders (the one mock upstream is tests/mock_upstream.py).
 
 Nothing here imports rawgw: the gateway stays a black box.
 
@@ -11,20 +11,17 @@ functions
     stream_body(model="m") -> bytes          a chat completion body with "stream": true
     sse_pieces(n, size) -> list[bytes]       n SSE events of about ``size`` bytes, distinct
     sha(data) -> str                         sha256 hex
-    await RawUpstream.start(script)          a one-shot scripted upstream (see its docstring)
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from conftest import chat_body, wait_until
 from ops_helpers import scrape
 
 
@@ -56,7 +53,8 @@ async def gauges(port: int) -> dict[str, float]:
 
 
 def stream_body(model: str = "m") -> bytes:
-    return json.dumps({"model": model, "stream": True, "messages": [{"role": "user", "content": "hi"}]}, separators=(",", ":")).encode()
+    """A compact streaming chat body (conftest.chat_body, the one body builder)."""
+    return chat_body(model, stream=True)
 
 
 def sse_pieces(n: int, size: int = 100) -> list[bytes]:
@@ -75,85 +73,9 @@ def sha(data: bytes) -> str:
 # --------------------------------------------------------------------------- raw upstream
 
 
-@dataclass
-class RawConnRecord:
-    request_head: bytes = b""
-    opened_at: float = 0.0
-    peer_closed_at: float | None = None
-    peer_closed: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, RawConnRecord], Awaitable[None]]
-
-
-class RawUpstream:
-    """An upstream whose every connection runs ``script(reader, writer, record)`` after
-    the request head (and a Content-Length body) was read; then it waits for the peer
-    to close and records when (``record.peer_closed_at``). Used for what MockUpstream
-    cannot do, such as a real TCP half-close (``writer.write_eof()``) that keeps reading."""
-
-    def __init__(self, script: Script) -> None:
-        self.script = script
-        self.conns: list[RawConnRecord] = []
-        self.server: asyncio.base_events.Server | None = None
-        self.port = 0
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    @classmethod
-    async def start(cls, script: Script) -> RawUpstream:
-        self = cls(script)
-        self.server = await asyncio.start_server(self._on_conn, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-        return self
-
-    def url(self, base_path: str = "/v1") -> str:
-        return f"http://127.0.0.1:{self.port}{base_path}"
-
-    async def _on_conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        rec = RawConnRecord(opened_at=time.monotonic())
-        self.conns.append(rec)
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            rec.request_head = head
-            for line in head.split(b"\r\n"):
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    await reader.readexactly(int(value.strip()))
-            await self.script(reader, writer, rec)
-            while await reader.read(65536):
-                pass
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
-            pass
-        except asyncio.CancelledError:
-            pass
-        finally:
-            if rec.peer_closed_at is None:
-                rec.peer_closed_at = time.monotonic()
-                rec.peer_closed.set()
-            writer.transport.abort()
-            self._tasks.discard(task)
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-        for t in list(self._tasks):
-            t.cancel()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=2)
-
-
 async def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(interval)
+    """The old name of conftest.wait_until (the one poller)."""
+    return await wait_until(pred, timeout, what, interval)
 
 
 async def small_window_connection(port: int, rcvbuf: int = 32768, timeout: float = 5.0) -> Any:

@@ -155,12 +155,13 @@ class CloseDelimited:
 @dataclass
 class Raw:
     """Arbitrary bytes, written piece by piece; then ``then``: "close" (FIN), "reset"
-    (RST), "keep" (read the next request on this connection) or "hang" (wait for the
-    peer to close)."""
+    (RST), "keep" (read the next request on this connection), "hang" (wait for the
+    peer to close) or "half_close" (a real TCP half-close: FIN while still reading
+    until the peer closes; ``ConnRecord.half_closed_at`` says when)."""
 
     data: bytes | Sequence[bytes]
     delay: float | Sequence[float] = 0.0
-    then: Literal["close", "reset", "keep", "hang"] = "close"
+    then: Literal["close", "reset", "keep", "hang", "half_close"] = "close"
     delay_before: float = 0.0
 
 
@@ -248,6 +249,7 @@ class ConnRecord:
     raw_received: bytearray = field(default_factory=bytearray)  # every byte the peer sent
     requests: list[RecordedRequest] = field(default_factory=list)
     peer_closed_at: float | None = None  # EOF or reset seen from the peer
+    half_closed_at: float | None = None  # Raw(then="half_close") sent its FIN
     peer_reset: bool = False
     closed_at: float | None = None  # whoever closed first
     parse_error: str | None = None
@@ -700,6 +702,12 @@ class MockUpstream:
             await send_pieces(pieces, b.delay, frame=False)
             if b.then == "keep":
                 return True
+            if b.then == "half_close":
+                await writer.drain()
+                writer.write_eof()
+                conn.half_closed_at = time.monotonic()
+                await conn.peer_closed.wait()
+                raise _PeerGone
             if b.then == "close":
                 await writer.drain()
                 writer.close()

@@ -21,27 +21,20 @@ functions
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import os
 import re
 import signal
-import sys
-import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from conftest import GW_KEY, REPO_ROOT, Response, chat_request, raw_connection, to_toml
+from conftest import GW_KEY, Gateway, Response, chat_request, launch_gateway, raw_connection, to_toml
+from conftest import chat_body as chat_body  # re-exported: the one body builder
+from conftest import wait_until as wait_until  # re-exported: the one poller
 
 # --------------------------------------------------------------------------- bodies
-
-
-def chat_body(model: str = "m", **fields: Any) -> bytes:
-    doc: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
-    doc.update(fields)
-    return json.dumps(doc, separators=(",", ":")).encode()
 
 
 def completion(content: str = "hi", *, prompt: int = 1, completion_tokens: int = 1, model: str = "m") -> dict[str, Any]:
@@ -121,23 +114,6 @@ async def raw_call(port: int, data: bytes, *, method: str = "POST", timeout: flo
 # --------------------------------------------------------------------------- polling
 
 
-async def wait_until(fn: Callable[[], Any], timeout: float = 5.0, what: str = "", interval: float = 0.03) -> Any:
-    """Poll ``fn`` (sync or async) until it returns something truthy; return it.
-    Fails with the last value seen after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        value = fn()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        last = value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or fn}: last {last!r}")
-        await asyncio.sleep(interval)
-
-
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Complete lines only (a line being written may be partial)."""
     try:
@@ -153,14 +129,12 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 async def jsonl_records(path: Path, pred: Callable[[list[dict[str, Any]]], Any], timeout: float = 5.0) -> list[dict[str, Any]]:
     """Poll the JSON-lines file until ``pred(records)`` is truthy (logs come from a thread)."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def ready() -> list[dict[str, Any]] | None:
         records = read_jsonl(path)
-        if pred(records):
-            return records
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{path.name}: condition not met within {timeout} s; records: {records!r}")
-        await asyncio.sleep(0.03)
+        return records if pred(records) else None
+
+    return await wait_until(ready, timeout, f"{path.name}: condition {pred}")  # type: ignore[no-any-return]
 
 
 async def access_record(logs_dir: Path, request_id: str, timeout: float = 5.0) -> dict[str, Any]:
@@ -169,6 +143,19 @@ async def access_record(logs_dir: Path, request_id: str, timeout: float = 5.0) -
     mine = [r for r in recs if r.get("request_id") == request_id]
     assert len(mine) == 1, mine
     return mine[0]
+
+
+async def recorded(gw: Gateway, r: Response, timeout: float = 5.0) -> dict[str, Any]:
+    """Barrier on a fact: the access-log record of response ``r`` (by X-Request-Id).
+
+    The gateway writes it when the exchange ends, after its last upstream attempt, so
+    once it is there "the upstream was not contacted (again)" can be asserted; its
+    ``attempts`` is checked against ``X-Rawgw-Attempts`` (0 when the header is absent)."""
+    rid = r.header("x-request-id")
+    assert rid, f"no X-Request-Id on the response: {r.raw_head!r}"
+    rec = await access_record(gw.logs_dir, rid, timeout)
+    assert rec["attempts"] == int(r.header("x-rawgw-attempts") or 0), (rec, r.raw_head)
+    return rec
 
 
 # --------------------------------------------------------------------------- metrics
@@ -253,82 +240,18 @@ LISTEN_RE = re.compile(r"^rawgw listening on http://(?P<host>[^\s:]+):(?P<port>\
 
 
 @dataclass
-class ProcGateway:
-    """``python -m rawgw serve -c CONFIG --port 0 ARGS...`` started by hand, in its own
-    session so that it and its workers can be killed together if a test fails."""
-
-    proc: asyncio.subprocess.Process
-    cwd: Path
-    config_path: Path
-    stderr_path: Path
-    port: int = 0
-    stdout_lines: list[str] = field(default_factory=list)
-    _reader: asyncio.Task[None] | None = None
+class ProcGateway(Gateway):
+    """A gateway started by hand (``await ProcGateway.start(cwd, config, args)``), in its
+    own session so that it and its workers can be killed together if a test fails.
+    Launched by conftest.launch_gateway (the one launcher); stop it with ``close()``."""
 
     @classmethod
     async def start(cls, cwd: Path, config: Mapping[str, Any], args: Iterable[str] = (), timeout: float = 10.0) -> ProcGateway:
-        cwd.mkdir(parents=True, exist_ok=True)
-        config_path = cwd / "gateway.toml"
-        config_path.write_text(to_toml(config))
-        stderr_path = cwd / "stderr.txt"
-        env = dict(os.environ)
-        src = os.environ.get("RAWGW_TEST_SRC") or str(REPO_ROOT)
-        env["PYTHONPATH"] = os.pathsep.join([src] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-        env["PYTHONUNBUFFERED"] = "1"
-        env.pop("RAWGW_CONFIG", None)
-        with open(stderr_path, "wb") as err:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "rawgw",
-                "serve",
-                "-c",
-                str(config_path),
-                "--port",
-                "0",
-                *args,
-                cwd=str(cwd),
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=err,
-                start_new_session=True,
-            )
-        gw = cls(proc, cwd, config_path, stderr_path)
-        assert proc.stdout is not None
-        stdout = proc.stdout
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                line_b = await asyncio.wait_for(stdout.readline(), max(0.01, deadline - time.monotonic()))
-                if not line_b:
-                    raise AssertionError(f"gateway exited before listening; stderr:\n{gw.stderr_text()}")
-                line = line_b.decode(errors="replace")
-                gw.stdout_lines.append(line)
-                m = LISTEN_RE.match(line)
-                if m:
-                    gw.port = int(m.group("port"))
-                    break
-        except BaseException:
-            gw.kill()
-            await proc.wait()
-            raise
+        return await launch_gateway(cwd, config, args=list(args), new_session=True, timeout=timeout, cls=cls)
 
-        async def drain() -> None:
-            while True:
-                chunk = await stdout.readline()
-                if not chunk:
-                    return
-                gw.stdout_lines.append(chunk.decode(errors="replace"))
-
-        gw._reader = asyncio.create_task(drain())
-        return gw
-
-    def stderr_text(self) -> str:
-        try:
-            return self.stderr_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+    @property
+    def _reader(self) -> asyncio.Task[None] | None:  # the old name of the stdout reader
+        return self._stdout_task
 
     def kill(self) -> None:
         """SIGKILL the whole session (the supervisor and its workers): cleanup only."""
@@ -339,11 +262,11 @@ class ProcGateway:
 
     async def wait(self, timeout: float) -> int:
         rc = await asyncio.wait_for(self.proc.wait(), timeout)
-        if self._reader is not None:
+        if self._stdout_task is not None:
             try:
-                await asyncio.wait_for(self._reader, 2)
+                await asyncio.wait_for(self._stdout_task, 2)
             except (TimeoutError, asyncio.CancelledError):
-                self._reader.cancel()
+                self._stdout_task.cancel()
         return rc
 
     async def close(self) -> None:
@@ -357,8 +280,8 @@ class ProcGateway:
         self.kill()
         if self.proc.returncode is None:
             await self.proc.wait()
-        if self._reader is not None and not self._reader.done():
-            self._reader.cancel()
+        if self._stdout_task is not None and not self._stdout_task.done():
+            self._stdout_task.cancel()
 
 
 def write_config(path: Path, cfg: Mapping[str, Any] | str) -> None:

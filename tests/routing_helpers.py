@@ -8,12 +8,11 @@ get ``ups``: three started MockUpstreams, closed after the test.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 import pytest
-from conftest import GW_KEY, Gateway, Response, free_port
+from conftest import GW_KEY, Gateway, Response, chat_body, free_port
 from mock_upstream import Json, MockUpstream, RecordedRequest
 from ops_helpers import call as call_port
 
@@ -90,10 +89,8 @@ def cfg(
 
 
 def chat(model: str, **fields: Any) -> bytes:
-    """A compact chat body (json.dumps default separators, so ", " and ": ")."""
-    doc: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
-    doc.update(fields)
-    return json.dumps(doc).encode()
+    """A chat body with json.dumps' default separators (", " and ": "): conftest.chat_body."""
+    return chat_body(model, compact=False, **fields)
 
 
 async def call(gw: Gateway, body: bytes | None = None, **kwargs: Any) -> Response:
@@ -134,7 +131,8 @@ async def health_keys(gw: Gateway, provider: str) -> list[dict[str, Any]]:
 
 
 async def settle(seconds: float = 0.15) -> None:
-    """Give a gateway time to (wrongly) contact an upstream before asserting it did not."""
+    """A sleep, kept for old callers only: wait for a fact instead, ops_helpers.recorded
+    (the request's access-log line, written after its last upstream attempt)."""
     await asyncio.sleep(seconds)
 
 

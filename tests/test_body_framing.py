@@ -83,6 +83,13 @@ def test_random_chunked_bodies_split_anywhere(seed: int) -> None:
         assert b";" not in raw.split(b"\r\n")[0]
 
 
+def test_non_canonical_size_lines_are_rewritten() -> None:
+    """Only the size line h11 itself would write passes: no leading zeros."""
+    body = ResponseBody(CHUNKED, 0, True, 1024)
+    payload, raw = run(body, [b"0005\r\nhello\r\n00000000000000000003\r\nabc\r\n00\r\n\r\n"])
+    assert (payload, raw, body.done) == (b"helloabc", b"5\r\nhello\r\n3\r\nabc\r\n0\r\n\r\n", True)
+
+
 def test_payload_only_mode_builds_no_raw() -> None:
     body = ResponseBody(CHUNKED, 0, False, 1024)
     payload, raw = run(body, [b"3;x\r\nabc\r\n0\r\nT: 1\r\n\r\n"])
@@ -96,7 +103,7 @@ def test_payload_only_mode_builds_no_raw() -> None:
         b"3\r\nabcX\r\n",  # data not followed by CRLF
         b"3\r\nabc\rX",
         b"3\nabc\r\n",  # bare LF size line
-        b"11111111111111111\r\n",  # 17 hex digits
+        b"111111111111111111111\r\n",  # 21 hex digits (h11 reads up to 20)
         b"3 ;x\r\nabc\r\n",  # whitespace before the extension (h11 refuses it too)
         b"0\r\nno colon\r\n\r\n",  # a trailer that is not a field line
         b"0\r\nX: a\x01b\r\n\r\n",

@@ -43,8 +43,8 @@ async def test_chunk_extensions_and_trailers_are_reframed(gateway: Gateway, mock
 
 @pytest.mark.parametrize(
     "bad",
-    [b"zz\r\n", b"%x\r\n%sXY" % (len(EV2), EV2), b"11111111111111111\r\n", b"0\r\nnot a field\r\n\r\n"],
-    ids=["size-not-hex", "data-without-crlf", "size-17-digits", "bad-trailer"],
+    [b"zz\r\n", b"%x\r\n%sXY" % (len(EV2), EV2), b"111111111111111111111\r\n", b"0\r\nnot a field\r\n\r\n"],
+    ids=["size-not-hex", "data-without-crlf", "size-21-digits", "bad-trailer"],
 )
 async def test_malformed_chunk_framing_in_a_later_read_truncates(gateway: Gateway, mock_upstream: MockUpstream, bad: bytes) -> None:
     first = b"%x\r\n%s\r\n" % (len(EV1), EV1)

@@ -58,7 +58,7 @@ class FakeCtx:
         self.cfg = config
         self.applied += 1
 
-    def clear_cache(self) -> int:
+    async def clear_cache(self) -> int:
         return 3
 
     def enable_key(self, provider: str, index: int) -> bool:

@@ -165,8 +165,14 @@ async def test_key_created_shown_once_and_revoked_on_the_next_request(start_gate
     r = await api(gw.port, "GET", "/admin/usage?window=hour")
     assert r.json()["keys"]["alice"]["requests"] == 1, r.body
     assert r.json()["keys"]["alice"]["tokens"] == 2, r.body
-    log = await wait_until(lambda: (gw.logs_dir / "admin.jsonl").exists() and (gw.logs_dir / "admin.jsonl").read_text(), what="admin log")
-    assert "key.create" in log and "key.revoke" in log
+    admin_log = gw.logs_dir / "admin.jsonl"
+
+    def both_logged() -> str | None:
+        # the writer thread appends line by line: wait for the fact, not for the file
+        text = admin_log.read_text() if admin_log.exists() else ""
+        return text if "key.create" in text and "key.revoke" in text else None
+
+    log = await wait_until(both_logged, what="key.create and key.revoke in admin.jsonl")
     everything = log + gw.stderr_text() + gw.stdout_text()
     for p in gw.logs_dir.glob("*.jsonl"):
         everything += p.read_text()

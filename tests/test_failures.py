@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
 from conftest import (
+    STREAM_BODY,
     Gateway,
     StartGateway,
     assert_gateway_error,
@@ -27,9 +27,7 @@ from mock_upstream import (
     Sse,
     Stall,
 )
-
-STREAM_BODY = b'{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}'
-
+from ops_helpers import jsonl_records
 
 # --------------------------------------------------------------------------- before the head
 
@@ -131,6 +129,7 @@ async def test_hostile_upstream_response_502(gateway: Gateway, mock_upstream: Mo
         r = await c.request(chat_request(), timeout=8)
     assert_gateway_error(r, 502)
     assert b"SECRT" not in r.raw_head + r.body, "nothing of it is forwarded"
+    assert mock_upstream.requests, "the request did reach the hostile upstream"
     for req in mock_upstream.requests:
         await mock_upstream.wait_peer_closed(req.conn, timeout=2)  # that connection closed
 
@@ -161,6 +160,44 @@ async def test_upstream_http10_body_forwarded_chunked(gateway: Gateway, mock_ups
     assert r.body == b'{"a":"close-delimited"}'
     assert r2.status == 200
     assert_wire_invariants(r)
+
+
+# --------------------------------------------------------------------------- upstream chunk lines
+# rawgw no longer patches h11's chunk reader (rawgw/http/strict.py says why the
+# upstream leg does not need ChunkLines); these prove the upstream leg stays strict
+# where it matters. The client leg's refusals are in test_request_framing.py.
+
+CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+async def test_upstream_chunk_lines_never_reach_the_client(gateway: Gateway, mock_upstream: MockUpstream) -> None:
+    """Sizes with 17 digits, extensions, odd spacing: h11 reads them; the client only
+    ever gets the gateway's own minimal framing, and the upstream connection is reused."""
+    odd = b"00000000000000005;x=1\r\nhello\r\n00000007;ext[odd \r\n world!\r\n0\r\n\r\n"
+    mock_upstream.enqueue(Raw(CHUNKED_HEAD + odd, then="keep"))
+    async with await raw_connection(gateway.port) as c:
+        await c.send(chat_request(STREAM_BODY))
+        first_response = await c.read_response(timeout=5)
+        data = bytes(c.received)
+        r = await c.request(chat_request())
+    assert first_response.complete and first_response.body == b"hello world!"
+    assert data.split(b"\r\n\r\n", 1)[1] == b"5\r\nhello\r\n7\r\n world!\r\n0\r\n\r\n"
+    assert r.status == 200
+    first, second = mock_upstream.requests
+    assert second.conn is first.conn  # the response ended where its framing said: reusable
+
+
+@pytest.mark.parametrize("line", [b"zz", b"-5", b"5 5", b"0x5"])
+async def test_malformed_upstream_chunk_line_truncates_and_closes(gateway: Gateway, mock_upstream: MockUpstream, line: bytes) -> None:
+    mock_upstream.enqueue(Raw(CHUNKED_HEAD + b"9\r\ndata: 1\n\n\r\n" + line + b"\r\nSECRT\r\n0\r\n\r\n", then="hang"))
+    async with await raw_connection(gateway.port) as c:
+        await c.send(chat_request(STREAM_BODY))
+        data = await c.read_until_close(timeout=5)
+    r = parse_response(data, eof=True)
+    assert r.status == 200 and r.chunked and not r.complete
+    assert r.body == b"data: 1\n\n" and b"SECRT" not in data
+    (req,) = mock_upstream.requests
+    await mock_upstream.wait_peer_closed(req.conn, timeout=2)  # never back in the pool
 
 
 # --------------------------------------------------------------------------- after the head
@@ -256,8 +293,7 @@ async def test_client_disconnect_while_upstream_stalls_closes_upstream(
     c = await raw_connection(gateway.port)
     try:
         await c.send(chat_request())
-        (req,) = await mock_upstream.wait_for_requests(1, timeout=5)
-        await asyncio.sleep(0.1)
+        (req,) = await mock_upstream.wait_for_requests(1, timeout=5)  # the gateway awaits its head
         t0 = time.monotonic()
         c.close() if how == "close" else c.abort()
         t_closed = await mock_upstream.wait_peer_closed(req.conn, timeout=3)
@@ -281,14 +317,19 @@ async def test_disconnected_upstream_connection_not_reused(gateway: Gateway, moc
 
 
 async def test_client_disconnect_mid_request_body(gateway: Gateway, mock_upstream: MockUpstream) -> None:
-    full = chat_request(b'{"model":"m","messages":[{"role":"user","content":"' + b"x" * 5000 + b'"}]}')
+    full = chat_request(
+        b'{"model":"m","messages":[{"role":"user","content":"' + b"x" * 5000 + b'"}]}', headers=[("Expect", "100-continue")]
+    )
     c = await raw_connection(gateway.port)
-    await c.send(full[: len(full) - 3000])
-    await asyncio.sleep(0.2)
-    t0 = time.monotonic()
+    head, body = full.split(b"\r\n\r\n", 1)
+    await c.send(head + b"\r\n\r\n")
+    await c.read_until(b"HTTP/1.1 100 Continue\r\n\r\n", timeout=5)  # the gateway took the head
+    await c.send(body[:2000])
     c.abort()
-    await asyncio.sleep(0.3)
-    assert mock_upstream.requests == [], "an incomplete request is not forwarded whole"
-    for conn in mock_upstream.connections:
-        t_closed = await mock_upstream.wait_peer_closed(conn, timeout=2)
-        assert t_closed - t0 < 1.0
+    # barrier: the exchange ended and was recorded as the client's doing, before any attempt
+    recs = await jsonl_records(gateway.logs_dir / "access.jsonl", lambda rs: any(r["status"] == 499 for r in rs))
+    (rec,) = [r for r in recs if r["path"] == "/v1/chat/completions"]
+    assert (rec["status"], rec["outcome"], rec["attempts"]) == (499, "client_closed", 0), rec
+    assert mock_upstream.requests == [] and mock_upstream.connections == [], "an incomplete request is not forwarded"
+    async with await raw_connection(gateway.port) as c2:
+        assert (await c2.request(chat_request())).status == 200

@@ -5,7 +5,7 @@ from __future__ import annotations
 import h11
 import pytest
 
-from rawgw.http.h11compat import plain_headers, trusted_request, trusted_response
+from rawgw.http.h11compat import full_items, plain_headers, replace_headers, replace_target, trusted_request, trusted_response
 
 
 def test_parsed_flag_skips_header_validation() -> None:
@@ -30,3 +30,35 @@ def test_full_items_is_the_backing_list() -> None:
     assert items is not None, "h11 dropped Headers._full_items: plain_headers falls back to slow iteration"
     assert [tuple(i) for i in items] == [(b"Host", b"host", b"h"), (b"X-A", b"x-a", b"1")]
     assert plain_headers(req.headers) == [(b"host", b"h"), (b"x-a", b"1")]
+
+
+def test_replace_headers_and_target_on_a_parsed_request() -> None:
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(b"GET http://h/x?y HTTP/1.1\r\nHost: h\r\nX_A: 1\r\nX-B: 2\r\n\r\n")
+    req = conn.next_event()
+    assert isinstance(req, h11.Request)
+    items = full_items(req)
+    assert [i[1] for i in items] == [b"host", b"x_a", b"x-b"]
+    replace_headers(req, [i for i in items if b"_" not in i[1]])
+    replace_target(req, b"/x?y")
+    assert list(req.headers) == [(b"host", b"h"), (b"x-b", b"2")]
+    assert req.headers.raw_items() == [(b"Host", b"h"), (b"X-B", b"2")]
+    assert req.target == b"/x?y"
+
+
+def test_rawgw_does_not_patch_h11() -> None:
+    """Strict chunk lines are rawgw's own (ChunkLines): importing rawgw leaves h11 as it is.
+
+    The chunk-size limit h11 ships (20 hex digits, anything after ';') is why
+    ChunkLines exists; if h11 ever tightens it, this says so.
+    """
+    import h11._readers as readers
+
+    import rawgw.http.strict
+    import rawgw.server.connection  # noqa: F401
+
+    assert b"{1,20}" in readers.chunk_header_re.pattern, readers.chunk_header_re.pattern
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n00000000000000005;x[\r\nhello\r\n0\r\n\r\n")
+    assert isinstance(conn.next_event(), h11.Request)
+    assert conn.next_event() == h11.Data(data=b"hello", chunk_start=True, chunk_end=True)

@@ -1,5 +1,6 @@
 """Leaks, billing and signals under load (issue 7 §5): ~300 mixed requests leave fds,
-tasks, pooled connections and RSS at their baseline; 50 aborted streams close 50
+tasks and pooled connections at their baseline (RSS drift under the same kind of mix:
+bench/soak.py); 50 aborted streams close 50
 upstream sockets at once; SIGTERM with 20 streams in flight refuses new connections and
 finishes all 20; SIGHUP during 200 requests fails none. Single-stream SIGTERM/SIGHUP
 cases are in test_signals_workers.py."""
@@ -7,13 +8,12 @@ cases are in test_signals_workers.py."""
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import signal
 import time
 
-from conftest import StartGateway, base_config, chat_request, raw_connection
-from hardening_helpers import fd_count, gauges, rss_kb, sse_pieces, stream_body
+from conftest import StartGateway, base_config, chat_body, chat_request, raw_connection, wait_until
+from hardening_helpers import fd_count, gauges, sse_pieces, stream_body
 from mock_upstream import (
     CloseWithoutResponse,
     Json,
@@ -25,10 +25,7 @@ from mock_upstream import (
 
 
 def kind_body(kind: str, stream: bool = False) -> bytes:
-    doc = {"model": "m", "messages": [{"role": "user", "content": kind}]}
-    if stream:
-        doc["stream"] = True
-    return json.dumps(doc, separators=(",", ":")).encode()
+    return chat_body(content=kind, **({"stream": True} if stream else {}))
 
 
 def mixed_handler(req: RecordedRequest) -> object:
@@ -85,16 +82,21 @@ async def one_mixed(port: int, rnd: random.Random) -> str:
 async def settled(port: int, pid: int, timeout: float = 6.0) -> dict[str, float]:
     """Gauges once nothing is in flight: no stream, no busy upstream connection, only
     the scraping client connection."""
-    deadline = time.monotonic() + timeout
-    while True:
-        g = await gauges(port)
-        if g["active_streams"] == 0 and g["pool_open"] == g["pool_idle"] and g["open_connections"] == 1:
-            g["proc_fds"] = fd_count(pid)
-            g["rss_kb"] = rss_kb(pid)
-            return g
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the gateway never settled: {g}")
-        await asyncio.sleep(0.1)
+
+    seen: list[dict[str, float]] = []
+
+    async def quiet() -> bool:
+        seen.append(await gauges(port))
+        g = seen[-1]
+        return g["active_streams"] == 0 and g["pool_open"] == g["pool_idle"] and g["open_connections"] == 1
+
+    try:
+        await wait_until(quiet, timeout, "the gateway to settle", 0.1)
+    except AssertionError:
+        raise AssertionError(f"the gateway never settled: {seen[-1]}") from None
+    g = seen[-1]
+    g["proc_fds"] = fd_count(pid)
+    return g
 
 
 async def test_mixed_traffic_leaves_no_leak(start_gateway: StartGateway, mock_upstream: MockUpstream) -> None:
@@ -111,7 +113,6 @@ async def test_mixed_traffic_leaves_no_leak(start_gateway: StartGateway, mock_up
         except EOFError:
             pass
         c.writer.transport.abort()
-    await asyncio.sleep(0.3)
     base = await settled(gw.port, pid)
 
     sem = asyncio.Semaphore(20)
@@ -131,8 +132,6 @@ async def test_mixed_traffic_leaves_no_leak(start_gateway: StartGateway, mock_up
     slack_fds = after["pool_idle"] - base["pool_idle"]
     assert after["proc_fds"] <= base["proc_fds"] + max(0, slack_fds) + 1, (base, after)
     assert after["tasks"] <= base["tasks"] + 2, (base, after)
-    growth_mb = (after["rss_kb"] - base["rss_kb"]) / 1024
-    assert growth_mb < 10, f"RSS grew {growth_mb:.1f} MB over 300 requests ({base['rss_kb']} -> {after['rss_kb']} kB)"
     # and it still serves
     async with await raw_connection(gw.port) as c:
         r = await c.request(chat_request(kind_body("plain")))

@@ -22,7 +22,7 @@ from conftest import (
     parse_response,
     raw_connection,
 )
-from hardening_helpers import RawConnRecord, RawUpstream, stream_body
+from hardening_helpers import stream_body
 from mock_upstream import Json, MockUpstream, Raw
 
 OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
@@ -35,72 +35,56 @@ def json_response(body: bytes) -> bytes:
 # --------------------------------------------------------------------------- half-close
 
 
-async def half_close_upstream(first: bytes, rest: bytes = json_response(b'{"fresh":true}')) -> tuple[RawUpstream, list[float]]:
-    """First connection: write ``first``, then FIN (write_eof) while still reading;
-    every later connection answers ``rest`` and stays open. Returns the upstream and
-    the list that gets the half-close time."""
-    half_closed_at: list[float] = []
-
-    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, rec: RawConnRecord) -> None:
-        if not half_closed_at:
-            writer.write(first)
-            await writer.drain()
-            await asyncio.sleep(0.05)
-            writer.write_eof()
-            half_closed_at.append(time.monotonic())
-        else:
-            writer.write(rest)
-            await writer.drain()
-
-    return await RawUpstream.start(script), half_closed_at
+def half_close(up: MockUpstream, first: bytes, rest: bytes = json_response(b'{"fresh":true}')) -> None:
+    """First request: write ``first``, then FIN (write_eof) while still reading; every
+    later one is answered ``rest`` on a connection that stays open."""
+    up.enqueue(Raw(first, then="half_close"))
+    up.default = Raw(rest, then="keep")
 
 
 @pytest.mark.parametrize("kind", ["content_length", "chunked_stream"])
-async def test_upstream_half_close_mid_body_truncates_visibly(start_gateway: StartGateway, kind: str) -> None:
+async def test_upstream_half_close_mid_body_truncates_visibly(start_gateway: StartGateway, mock_upstream: MockUpstream, kind: str) -> None:
     if kind == "content_length":
         first = OK_HEAD + b"Content-Length: 100\r\n\r\n" + b'{"id":"partial",'
         body = chat_request()
     else:
         first = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n9\r\ndata: 1\n\n\r\n"
         body = chat_request(stream_body())
-    up, half_closed_at = await half_close_upstream(first)
-    try:
-        gw = await start_gateway(base_config(up.url()))
-        async with await raw_connection(gw.port) as c:
-            await c.send(body)
-            data = await c.read_until_close(timeout=5)
-        r = parse_response(data, eof=True)
-        assert r.status == 200
-        assert not r.complete, "a half-closed upstream body must not look complete"
-        if kind == "content_length":
-            assert r.header("content-length") == "100" and r.body == b'{"id":"partial",'
-        else:
-            assert r.chunked and r.body == b"data: 1\n\n" and not data.endswith(b"0\r\n\r\n")
-        # the gateway closed its side of that upstream connection (never pooled)
-        rec = up.conns[0]
-        await asyncio.wait_for(rec.peer_closed.wait(), 2)
-        assert rec.peer_closed_at is not None and rec.peer_closed_at - half_closed_at[0] < 1.0
-        # the next request goes to a new upstream connection and is served whole
-        async with await raw_connection(gw.port) as c:
-            r2 = await c.request(chat_request())
-        assert (r2.status, r2.body) == (200, b'{"fresh":true}')
-        assert len(up.conns) == 2
-    finally:
-        await up.close()
+    up = mock_upstream
+    half_close(up, first)
+    gw = await start_gateway(base_config(up))
+    async with await raw_connection(gw.port) as c:
+        await c.send(body)
+        data = await c.read_until_close(timeout=5)
+    r = parse_response(data, eof=True)
+    assert r.status == 200
+    assert not r.complete, "a half-closed upstream body must not look complete"
+    if kind == "content_length":
+        assert r.header("content-length") == "100" and r.body == b'{"id":"partial",'
+    else:
+        assert r.chunked and r.body == b"data: 1\n\n" and not data.endswith(b"0\r\n\r\n")
+    # the gateway closed its side of that upstream connection (never pooled)
+    rec = up.connections[0]
+    t_closed = await up.wait_peer_closed(rec, timeout=2)
+    assert rec.half_closed_at is not None and t_closed - rec.half_closed_at < 1.0
+    # the next request goes to a new upstream connection and is served whole
+    async with await raw_connection(gw.port) as c:
+        r2 = await c.request(chat_request())
+    assert (r2.status, r2.body) == (200, b'{"fresh":true}')
+    assert len(up.connections) == 2
 
 
-async def test_upstream_half_close_mid_head_is_502_with_nothing_forwarded(start_gateway: StartGateway) -> None:
-    up, _ = await half_close_upstream(b"HTTP/1.1 200 OK\r\nX-Leak: SECRT\r\nContent-Le")
-    try:
-        gw = await start_gateway(base_config(up.url()))
-        async with await raw_connection(gw.port) as c:
-            r = await c.request(chat_request(), timeout=5)
-        assert_gateway_error(r, 502)
-        assert_wire_invariants(r)
-        assert b"SECRT" not in r.raw_head + r.body
-        await asyncio.wait_for(up.conns[0].peer_closed.wait(), 2)
-    finally:
-        await up.close()
+async def test_upstream_half_close_mid_head_is_502_with_nothing_forwarded(
+    start_gateway: StartGateway, mock_upstream: MockUpstream
+) -> None:
+    half_close(mock_upstream, b"HTTP/1.1 200 OK\r\nX-Leak: SECRT\r\nContent-Le")
+    gw = await start_gateway(base_config(mock_upstream))
+    async with await raw_connection(gw.port) as c:
+        r = await c.request(chat_request(), timeout=5)
+    assert_gateway_error(r, 502)
+    assert_wire_invariants(r)
+    assert b"SECRT" not in r.raw_head + r.body
+    await mock_upstream.wait_peer_closed(mock_upstream.connections[0], timeout=2)
 
 
 # --------------------------------------------------------------------------- slow drip

@@ -10,7 +10,7 @@ from typing import Any
 
 from conftest import GW_KEY, StartGateway, assert_gateway_error, assert_wire_invariants, base_config
 from mock_upstream import Json, MockUpstream, Sse
-from ops_helpers import call, chat_body, completion, sse_chat
+from ops_helpers import call, chat_body, completion, recorded, sse_chat
 
 LIMITED = "gw-limited-key-555555"
 OTHER = "gw-other-key-666666"
@@ -43,7 +43,7 @@ async def test_burst_then_429_without_contacting_upstream(start_gateway: StartGa
     assert ra is not None and re.fullmatch(r"[0-9]+", ra) and int(ra) >= 1, ra
     assert int(ra) <= 2, ra  # 60 rpm: one request a second
     assert limit_headers(r3) == ("60", "0")
-    await asyncio.sleep(0.1)
+    await recorded(gw, r3)
     assert len(mock_upstream.requests) == 2
     # another key is not affected
     r4 = await call(gw.port, chat_body(), key=OTHER)
@@ -151,7 +151,7 @@ async def test_identical_request_answered_from_cache(start_gateway: StartGateway
     assert r2.header("content-length") == str(len(answer))
     assert r1.header("x-request-id") != r2.header("x-request-id")
     assert_wire_invariants(r2)
-    await asyncio.sleep(0.05)
+    assert (await recorded(gw, r2))["cache"] == "HIT"
     assert len(mock_upstream.requests) == 1
 
 
@@ -261,3 +261,29 @@ async def test_cache_off_by_default(start_gateway: StartGateway, mock_upstream: 
     rs = [await call(gw.port, chat_body()) for _ in range(2)]
     assert [r.header("x-cache") for r in rs] == [None, None]
     assert len(mock_upstream.requests) == 2
+
+
+async def test_tpm_in_process_reserves_up_front_and_refunds_from_usage(start_gateway: StartGateway, mock_upstream: MockUpstream) -> None:
+    """rate_limit_tpm without a state server: max_tokens + the prompt estimate reserved
+    before the request goes upstream, the unused part refunded from the usage."""
+    mock_upstream.default = Json(body=completion(prompt=5, completion_tokens=5))
+    keys = [{"key": LIMITED, "name": "tokens", "rate_limit_tpm": 1000}]
+    gw = await start_gateway(base_config(mock_upstream, keys=keys))
+    r1 = await call(gw.port, chat_body(max_tokens=600), key=LIMITED)
+    assert r1.status == 200, r1.body
+    assert r1.header("x-ratelimit-limit-tokens") == "1000"
+    assert 300 <= int(r1.header("x-ratelimit-remaining-tokens") or 0) < 400
+    assert r1.header("x-ratelimit-limit-requests") is None  # no RPM limit on this key
+    # without the refund (600+ reserved, 10 used) this one would not fit
+    r2 = await call(gw.port, chat_body(max_tokens=600), key=LIMITED)
+    assert r2.status == 200, r2.body
+    # an answer without usage keeps its whole reservation spent
+    mock_upstream.enqueue(Json(body={"ok": True}))
+    assert (await call(gw.port, chat_body(max_tokens=900), key=LIMITED)).status == 200
+    r3 = await call(gw.port, chat_body(max_tokens=500), key=LIMITED)
+    err = assert_gateway_error(r3, 429)
+    assert "1000 tokens" in err["message"] and r3.header("retry-after") is not None
+    assert r3.header("x-ratelimit-remaining-tokens") is not None
+    r4 = await call(gw.port, chat_body(max_tokens=5000), key=LIMITED)
+    assert assert_gateway_error(r4, 429)["code"] == "tokens_exceed_limit"
+    assert len(mock_upstream.requests) == 3

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from conftest import GW_KEY, StartGateway, assert_gateway_error, assert_wire_invariants
 from mock_upstream import Json, MockUpstream, RecordedRequest
+from ops_helpers import recorded
 from routing_helpers import (  # noqa: F401  (ups_fixture provides the `ups` fixture)
     ANT_KEY,
     KEY_A,
@@ -23,7 +24,6 @@ from routing_helpers import (  # noqa: F401  (ups_fixture provides the `ups` fix
     get_json,
     prov,
     routed_by,
-    settle,
     ups_fixture,
 )
 
@@ -145,7 +145,7 @@ async def test_messages_count_tokens_and_route_filtered_to_anthropic(start_gatew
     (req,) = ant.requests
     assert req.target == b"/v1/messages/count_tokens"
     assert req.json() == {"model": "claude-sonnet-4-20250514", "messages": [{"role": "user", "content": "x"}]}
-    await settle()
+    await recorded(gw, r)
     assert oa.requests == []
 
 
@@ -155,7 +155,7 @@ async def test_messages_without_anthropic_provider_is_404(start_gateway: StartGa
     r = await call(gw, MSG_BODY, path="/v1/messages")
     err = assert_gateway_error(r, 404)
     assert "claude-sonnet-4" in err["message"]
-    await settle()
+    await recorded(gw, r)
     assert oa.requests == []
 
 
@@ -226,7 +226,7 @@ async def test_named_provider_path(start_gateway: StartGateway, ups: list[MockUp
     assert r.status == 200
     assert p2.requests[1].target == b"/custom/v1/models?x=1"
     assert p2.requests[1].method == b"GET"
-    await settle(0.05)
+    await recorded(gw, r)
     assert p1.requests == []
 
 
@@ -237,7 +237,7 @@ async def test_named_provider_does_not_fail_over(start_gateway: StartGateway, up
     r = await call(gw, chat("m"), path="/p2/chat/completions")
     assert r.status == 503
     assert r.body == b"p2 down"
-    await settle()
+    await recorded(gw, r)
     assert p1.requests == []
 
 
@@ -271,7 +271,7 @@ async def test_path_escapes_are_400_and_not_forwarded(start_gateway: StartGatewa
                 wrong.append((method, path, r.status, r.header("x-rawgw-provider")))
             else:
                 assert_gateway_error(r, 400)
-    await settle()
+                await recorded(gw, r)
     assert wrong == []
     assert p1.requests == [] and p2.requests == []
     assert p1.connections == [] and p2.connections == []
@@ -285,7 +285,7 @@ async def test_unknown_first_segment_is_404(start_gateway: StartGateway, ups: li
     gw = await start_gateway(cfg({"p1": prov(p1)}))
     r = await call(gw, chat("m"), path="/nosuchprovider/chat/completions")
     assert_gateway_error(r, 404)
-    await settle(0.05)
+    await recorded(gw, r)
     assert p1.requests == []
 
 

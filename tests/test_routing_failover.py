@@ -14,6 +14,7 @@ from conftest import (
     raw_connection,
 )
 from mock_upstream import CloseWithoutResponse, Json, MockUpstream, Sse, Stall
+from ops_helpers import recorded
 from routing_helpers import (  # noqa: F401  (ups_fixture provides the `ups` fixture)
     ANT_KEY,
     KEY_A,
@@ -27,7 +28,6 @@ from routing_helpers import (  # noqa: F401  (ups_fixture provides the `ups` fix
     dead_url,
     prov,
     routed_by,
-    settle,
     ups_fixture,
 )
 
@@ -248,7 +248,7 @@ async def test_client_error_from_upstream_is_not_retried(start_gateway: StartGat
     assert r.body == b'{"error":{"message":"bad request from p1"}}'
     assert r.header("x-p1") == "yes"
     assert routed_by(r) == ("p1", "1")
-    await settle()
+    await recorded(gw, r)
     assert p2.requests == []
     assert len(p1.requests) == 1
 
@@ -288,7 +288,7 @@ async def test_client_timeout_header_bounds_the_whole_chain(start_gateway: Start
     elapsed = time.monotonic() - t0
     assert_gateway_error(r, 504)
     assert 0.5 <= elapsed < 1.5, elapsed
-    await settle()
+    await recorded(gw, r)
     assert p2.requests == []  # no time left for another attempt
     assert p1.requests[0].header("x-rawgw-timeout") is None
 
@@ -348,7 +348,7 @@ async def test_messages_fail_over_between_anthropic_providers(start_gateway: Sta
     assert a2.requests[0].header_values("x-api-key") == [KEY_C.encode()]
     assert a1.requests[0].body == a2.requests[0].body == sent
     assert a2.requests[0].target == b"/v1/messages"
-    await settle(0.05)
+    await recorded(gw, r)
     assert oa.requests == []
 
 
@@ -365,7 +365,7 @@ async def test_provider_key_pair_tried_at_most_once_per_request(start_gateway: S
     p1.default = Json(status=503, body=b"p1 busy")
     p2.enqueue(Json(status=503, body=b"p2 busy"))
     r = await call(gw, chat("m"))
-    await settle()
+    await recorded(gw, r)
     assert (len(p1.requests), len(p2.requests)) == (1, 1)
     assert routed_by(r) == ("p2", "2")
     assert r.status == 503

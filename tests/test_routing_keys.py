@@ -12,7 +12,7 @@ from email.utils import format_datetime
 import pytest
 from conftest import StartGateway, assert_gateway_error, assert_wire_invariants
 from mock_upstream import Json, MockUpstream
-from ops_helpers import wait_until
+from ops_helpers import recorded, wait_until
 from routing_helpers import (  # noqa: F401  (ups_fixture provides the `ups` fixture)
     KEY_A,
     KEY_B,
@@ -25,7 +25,6 @@ from routing_helpers import (  # noqa: F401  (ups_fixture provides the `ups` fix
     health_keys,
     prov,
     routed_by,
-    settle,
     ups_fixture,
 )
 
@@ -149,7 +148,7 @@ async def test_all_keys_resting_gives_429_at_once_without_contacting_upstream(st
     assert r.header("retry-after") == "1", r.raw_head
     assert elapsed < 0.5
     assert_wire_invariants(r)
-    await settle()
+    await recorded(gw, r)
     assert len(p1.requests) == 2  # not contacted
 
     states = await health_keys(gw, "p1")
@@ -172,7 +171,7 @@ async def test_all_resting_retry_after_is_the_soonest_return_rounded_up(start_ga
     r = await call(gw, chat("m"))
     assert_gateway_error(r, 429)
     assert r.header("retry-after") == "7"  # ceil(6.9x)
-    await settle()
+    await recorded(gw, r)
     assert len(p1.requests) == 1 and len(p2.requests) == 1
 
 
@@ -302,7 +301,7 @@ async def test_auth_failure_of_only_key_is_passed_through_then_503(start_gateway
     r = await call(gw, chat("m"))
     assert r.status in (502, 503), r.status
     assert_gateway_error(r, r.status)
-    await settle()
+    await recorded(gw, r)
     assert len(p1.requests) == 1
 
 
@@ -385,7 +384,7 @@ async def test_circuit_breaker_opens_after_five_failures(start_gateway: StartGat
         r = await call(gw, chat("m"))
         assert r.status == 200
         assert routed_by(r) == ("p2", "1")
-    await settle()
+    await recorded(gw, r)
     assert len(p1.requests) == 5
     doc = await get_json(gw, "/health/providers")
     assert doc["providers"]["p1"]["breaker"] == "open", doc

@@ -11,6 +11,7 @@ import json
 import pytest
 from conftest import GW_KEY, StartGateway, assert_gateway_error, assert_wire_invariants
 from mock_upstream import Json, MockUpstream
+from ops_helpers import recorded
 from routing_helpers import (  # noqa: F401  (ups_fixture provides the `ups` fixture)
     KEY_A,
     KEY_B,
@@ -20,7 +21,6 @@ from routing_helpers import (  # noqa: F401  (ups_fixture provides the `ups` fix
     chat,
     prov,
     routed_by,
-    settle,
     typed,
     ups_fixture,
 )
@@ -441,7 +441,7 @@ async def test_no_provider_for_model_is_404(start_gateway: StartGateway, ups: li
     err = assert_gateway_error(r, 404)
     assert "llama-3-70b" in err["message"]
     assert_wire_invariants(r)
-    await settle()
+    await recorded(gw, r)
     assert p1.requests == [] and p2.requests == []
 
 
@@ -465,7 +465,7 @@ async def test_bad_body_is_400_naming_the_problem(start_gateway: StartGateway, u
         r = await call(gw, body)
         err = assert_gateway_error(r, 400)
         assert needle in err["message"], (body, err)
-    await settle(0.05)
+        await recorded(gw, r)
     assert p1.requests == []
 
 
@@ -516,7 +516,7 @@ async def test_pinned_key_never_fails_over_to_another_provider(start_gateway: St
     assert r.status == 503
     assert r.body == b"p2 is down"
     assert routed_by(r) == ("p2", "1")
-    await settle()
+    await recorded(gw, r)
     assert p1.requests == []
 
 
@@ -527,7 +527,7 @@ async def test_pinned_key_403_when_route_has_only_other_providers(start_gateway:
     err = assert_gateway_error(r, 403)
     assert "pinned" in err["message"]
     assert PINNED.encode() not in r.raw_head + r.body
-    await settle()
+    await recorded(gw, r)
     assert p1.requests == [] and p2.requests == []
 
 
@@ -541,7 +541,7 @@ async def test_pinned_key_on_named_provider_path_is_403(start_gateway: StartGate
     r = await call(gw, chat("gpt-4o"), path="/p2/chat/completions", key=PINNED)
     assert r.status == 200
     assert routed_by(r)[0] == "p2"
-    await settle()
+    await recorded(gw, r)
     assert p1.requests == []
 
 
@@ -553,7 +553,7 @@ async def test_key_model_allow_list(start_gateway: StartGateway, ups: list[MockU
     assert "claude-3-opus" in err["message"]
     assert "limited" in err["message"]
     assert LIMITED.encode() not in r.raw_head + r.body
-    await settle()
+    await recorded(gw, r)
     assert p1.requests == [] and p2.requests == []
     for model in ("gpt-4o", "o1-mini"):
         r = await call(gw, chat(model), key=LIMITED, auth="x-api-key")

@@ -290,7 +290,8 @@ async def test_workers_pass_sighup_on(tmp_path: Path, mock_upstream: MockUpstrea
 
 async def test_workers_divide_the_rate_limit(tmp_path: Path, mock_upstream: MockUpstream) -> None:
     """README: with N workers each allows burst/N, so together they allow the burst."""
-    keys = [{"key": GW_KEY, "name": "tester", "rate_limit_rpm": 60, "rate_limit_burst": 4}]
+    # 1 rpm: no token comes back while the test runs, however slow the machine
+    keys = [{"key": GW_KEY, "name": "tester", "rate_limit_rpm": 1, "rate_limit_burst": 4}]
     gw = await ProcGateway.start(tmp_path / "w", base_config(mock_upstream, keys=keys), ["--workers", "2"])
     try:
         await wait_until(lambda: len(child_pids(gw.proc.pid)) == 2, what="2 workers")

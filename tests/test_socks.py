@@ -24,6 +24,7 @@ import pytest
 import trustme
 from conftest import (
     CHAT_BODY,
+    STREAM_BODY,
     Gateway,
     StartGateway,
     assert_gateway_error,
@@ -43,7 +44,6 @@ USER = "alice"
 PASSWORD = "pa:ss-7f3e9c1d"  # a ':' inside: percent-encoded in the URL
 PASSWORD_URL = "pa%3Ass-7f3e9c1d"
 WRONG = "wrong-pw-5b2a9e0c"
-STREAM_BODY = b'{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}'
 AWKWARD = [b"da", b"ta: {\"a\":1}\n", b"\ndata: {\"b\":", b"2}\n\n: ping\n\n", b"data: [DONE]\n\n"]
 
 

@@ -9,6 +9,7 @@ import time
 
 import pytest
 from conftest import (
+    STREAM_BODY,
     Gateway,
     StartGateway,
     assert_wire_invariants,
@@ -19,8 +20,6 @@ from conftest import (
     raw_request,
 )
 from mock_upstream import Chunked, CloseDelimited, MockUpstream, Raw, Sse
-
-STREAM_BODY = b'{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}'
 
 # Boundaries fall mid UTF-8 sequence, between \r and \n, mid "data:", inside a comment.
 AWKWARD = [

@@ -80,8 +80,8 @@ class AdminContext(Protocol):
     def apply(self, config: Config) -> None:
         """Swap in a validated config the way SIGHUP does (Gateway.reload)."""
 
-    def clear_cache(self) -> int:
-        """Drop every cached response; return how many."""
+    async def clear_cache(self) -> int:
+        """Drop every cached response (and, with [state], the shared ones); return how many."""
 
     def enable_key(self, provider: str, index: int) -> bool:
         """Clear disabled/cooldown of pool key ``index``; False if there is no such key."""
@@ -247,7 +247,7 @@ class AdminAPI:
         if head == "cache" and parts[1:] == ["clear"]:
             if bad := self._only(method, b"POST"):
                 return bad
-            cleared = self.ctx.clear_cache()
+            cleared = await self.ctx.clear_cache()
             self.ctx.audit(who.who, "cache.clear", {"entries": cleared})
             return Reply.json(200, {"cleared": cleared})
         if head == "providers" and n == 1:

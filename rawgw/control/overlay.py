@@ -90,6 +90,18 @@ def read_overlay(path: str) -> Overlay | None:
         raise ConfigError([f"{LABEL}: TOML syntax error: {exc}"]) from None
 
 
+def parse_text(raw: bytes) -> Overlay:
+    """An overlay file's bytes (e.g. from the state server) as a checked dict."""
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError([f"{LABEL}: not a valid overlay: {type(exc).__name__}"]) from None
+    problems = check_overlay(doc)
+    if problems:
+        raise ConfigError(problems)
+    return doc
+
+
 def write_overlay(path: str, overlay: Overlay) -> None:
     """Atomically replace the overlay file (blocking: run it off the event loop)."""
     directory = os.path.dirname(path)

@@ -10,20 +10,24 @@ never get here and never look at a cookie.
 
 Admin changes are applied in this process at once (``Gateway.reload``). Other processes:
 with ``--workers N`` this worker signals the supervisor, which forwards SIGHUP to every
-worker (each re-reads config + overlay). ``changed`` lists what runs after every change:
-a state-server broadcast is one more callable appended there, and ``remote_changed`` is what
-a receiving instance calls.
+worker (each re-reads config + overlay). Other instances, with ``[state]``: the overlay's
+text is stored on the state server and an ``overlay_changed`` event published; each
+instance writes it to its own ``gateway.d/admin.toml`` and reloads (``from_cluster``). The
+last change wins; a change made while the state server is down stays local.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
+from rawgw.config import ConfigError
 from rawgw.configfile import load_config
+from rawgw.control import overlay
 from rawgw.control.admin_api import AdminAPI, AuditLog, Principal
 from rawgw.control.cookies import SessionSigner, cookie_allowed, csrf_ok, load_signing_key
 from rawgw.control.github import GithubSignIn, PoolHttp
@@ -51,6 +55,9 @@ class _Router(Protocol):
     def pools(self) -> dict[str, KeyPool]: ...
 
 
+log = logging.getLogger("rawgw.control")
+
+
 class ControlHost(Protocol):
     """What the control plane reads from the running gateway (all on the loop)."""
 
@@ -67,6 +74,13 @@ class ControlHost(Protocol):
 
     def providers_status(self) -> dict[str, Any]: ...
 
+    async def clear_shared_cache(self) -> int: ...
+
+    @property
+    def shares_state(self) -> bool: ...
+
+    async def share_overlay(self, text: bytes) -> None: ...
+
 
 class _AdminContext:
     """rawgw.control.admin_api.AdminContext over the gateway."""
@@ -82,23 +96,18 @@ class _AdminContext:
     def apply(self, config: Config) -> None:
         self.plane.apply(config)
 
-    def clear_cache(self) -> int:
+    async def clear_cache(self) -> int:
         cache = self.host.cache
         if cache is None:
             return 0
         n = len(cache.entries)
         cache.entries.clear()
-        return n
+        return n + await self.host.clear_shared_cache()
 
     def enable_key(self, provider: str, index: int) -> bool:
         pool = self.host.router.pools.get(provider)
-        if pool is None or not 0 <= index < len(pool.keys):
-            return False
-        st = pool.states[pool.keys[index]]
-        st.disabled = False
-        st.cooldown_until = 0.0
-        st.strikes = 0
-        return True
+        # KeyPool.enable tells the state backend: with [state] url, every instance
+        return pool is not None and pool.enable(index)
 
     def providers(self) -> dict[str, Any]:
         return self.host.providers_status()
@@ -120,6 +129,9 @@ class ControlPlane:
         self.changed: list[Callable[[], None]] = []
         if host.workers > 1:
             self.changed.append(_signal_supervisor)
+        if host.shares_state:
+            self.changed.append(self._share_overlay)
+        self._tasks: set[asyncio.Task[None]] = set()
         self.signer: SessionSigner | None = None
         self.github: GithubSignIn | None = None
         self._github_cfg: GithubAuth | None = None
@@ -153,13 +165,49 @@ class ControlPlane:
         for hook in self.changed:
             hook()
 
-    async def remote_changed(self) -> None:
-        """Another instance changed the overlay (state-server event): re-read and apply."""
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _share_overlay(self) -> None:
         path = self.host.config.path
-        if path is None:
+        if path is not None:
+            self._spawn(self._send_overlay(overlay.overlay_path(path)))
+
+    async def _send_overlay(self, path: str) -> None:
+        try:
+            text = await asyncio.to_thread(_read_bytes, path)
+        except OSError as exc:
+            log.warning("admin overlay not shared: cannot read %s: %s", path, exc.strerror or exc)
             return
-        cfg = await asyncio.to_thread(load_config, path)
+        await self.host.share_overlay(text)
+
+    def from_cluster(self, text: bytes) -> None:
+        """The state server's overlay (another instance's admin change, or the one stored
+        when this process joined): write it to this instance's overlay file and reload."""
+        path = self.host.config.path
+        if path is not None:
+            self._spawn(self._apply_cluster_overlay(path, text))
+
+    async def _apply_cluster_overlay(self, config_path: str, text: bytes) -> None:
+        target = overlay.overlay_path(config_path)
+        try:
+            current = await asyncio.to_thread(_read_bytes, target)
+        except OSError:
+            current = None
+        if current == text:
+            return  # ours (or already applied)
+        try:
+            doc = overlay.parse_text(text)
+            await asyncio.to_thread(overlay.write_overlay, target, doc)
+            cfg = await asyncio.to_thread(load_config, config_path)
+        except (ConfigError, OSError) as exc:
+            errors = exc.errors if isinstance(exc, ConfigError) else [str(exc)]
+            log.warning("admin overlay from the state server not applied: %s", "; ".join(errors))
+            return
         self.host.reload(cfg)
+        log.info("admin overlay from the state server applied")
 
     async def _issue_key(self, login: str, fields: dict[str, Any]) -> str:
         await self.api.upsert_key(f"github:{login}", f"gh-{login}", fields)
@@ -259,6 +307,11 @@ def session_header(headers: list[tuple[bytes, bytes]]) -> bytes | None:
     """A valid X-Session-ID (1–128 visible ASCII) as sent, else None: none is made up."""
     value = get_header(headers, b"x-session-id")
     return value if value is not None and valid_session_id(value) is not None else None
+
+
+def _read_bytes(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
 
 
 def _signal_supervisor() -> None:

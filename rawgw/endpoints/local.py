@@ -62,8 +62,14 @@ def answer(ctx: LocalContext, method: bytes, path: str) -> Reply:
     raise GatewayError(404, f"unknown path {path}", code="unknown_path")
 
 
-def providers_status(config: Config, pools: dict[str, KeyPool], now: float | None = None) -> dict[str, Any]:
-    """Each provider's breaker and keys (masked) with their state: /health/providers."""
+def providers_status(
+    config: Config, pools: dict[str, KeyPool], now: float | None = None, cluster: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """Each provider's breaker and keys (masked) with their state: /health/providers.
+
+    With a state server, key states are the cluster's (mirrored) and ``cluster`` (its
+    counters of the last hour) adds each key's requests over every process and instance.
+    """
     now = time.time() if now is None else now
     out: dict[str, Any] = {}
     for name, provider in config.providers.items():
@@ -82,6 +88,13 @@ def providers_status(config: Config, pools: dict[str, KeyPool], now: float | Non
             }
             if state == "cooling":
                 entry["cooldown_s"] = round(st.cooldown_until - now, 1)
+            if cluster is not None:
+                field = f"key:{name}:{index}:"
+                entry["cluster"] = {
+                    "requests": cluster.get(field + "requests", 0),
+                    "rate_limited": cluster.get(field + "rate_limited", 0),
+                    "failures": cluster.get(field + "failures", 0),
+                }
             keys.append(entry)
         out[name] = {
             "type": provider.type,

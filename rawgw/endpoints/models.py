@@ -8,6 +8,7 @@ fatal. A ``free_only`` provider lists only its free models.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Iterator
@@ -89,6 +90,19 @@ class ModelLister:
         cached = self.cache.get(provider.name)
         if cached is not None and now - cached[0] < ttl:
             return cached[1]
+        state = relay.state
+        shared_key = b"models:" + hashlib.sha256(f"{provider.name}\0{provider.base_url}".encode()).digest()
+        if state.shared and ttl > 0:
+            # another process or instance may have listed it within the TTL: one GET
+            raw = await state.cache_get(shared_key)
+            if raw is not None:
+                try:
+                    found = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    found = None
+                if isinstance(found, list):
+                    self.cache[provider.name] = (now, found)
+                    return found
         pool = relay.router.pools[provider.name]
         keys = pool.available(now)
         if not keys:
@@ -119,6 +133,8 @@ class ModelLister:
         for m in models:
             m.setdefault("_provider", provider.name)
         self.cache[provider.name] = (now, models)
+        if state.shared and ttl > 0:
+            state.cache_put(shared_key, orjson.dumps(models), ttl)
         return models
 
 

@@ -7,11 +7,12 @@ framing incrementally so the relay can forward the upstream's bytes as they came
 - Content-Length: bytes are counted; the read that completes the body ends it. Bytes
   past the announced length are never forwarded and make the connection unpoolable.
 - chunked: only the chunk-size lines are looked at (data is skipped by count, never
-  scanned or copied). A read whose lines are all plain ``HEX CRLF`` is forwarded to a
-  chunked client as the very same object; only what must change is re-framed: a size
-  line with a chunk extension or trailing whitespace (rewritten to ``HEX CRLF``), a
-  size line split across reads (held until complete), and the last chunk with its
-  trailer section (always sent as ``0 CRLF CRLF``: trailers are dropped, as h11 did).
+  scanned or copied). A read whose lines are all canonical — ``b"%x\r\n" % size``,
+  what h11 itself writes — is forwarded to a chunked client as the very same object;
+  only what must change is re-framed: a size line with a chunk extension, trailing
+  whitespace or leading zeros (rewritten to the canonical form), a size line split
+  across reads (held until complete), and the last chunk with its trailer section
+  (always sent as ``0 CRLF CRLF``: trailers are dropped, as h11 did).
 - close-delimited (no length, no chunked): everything until EOF is the body.
 - no body (HEAD, 204, 304): any byte is one too many.
 
@@ -35,9 +36,9 @@ CHUNKED = 1
 CLOSE = 2
 NONE = 3
 
-# RFC 9112 §7.1: chunk-size [ chunk-ext ] CRLF. What h11 accepts (any bytes after ";",
-# trailing OWS), with at most 16 hex digits (rawgw.http.strict): a size that fits 64 bits.
-_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[^\r\n]*)?[ \t]*\r\n")
+# RFC 9112 §7.1: chunk-size [ chunk-ext ] CRLF. What h11 accepts (up to 20 hex digits,
+# any bytes after ";", trailing OWS); the size is read as an exact Python int.
+_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;[^\r\n]*)?[ \t]*\r\n")
 # RFC 9112 §7.1.2: a trailer field is a field line (RFC 9110 §5.5: no control characters).
 _TRAILER_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n")
 _LAST = b"0\r\n\r\n"
@@ -178,7 +179,8 @@ class ResponseBody:
             size = int(m.group(1), 16)
             start = pos
             pos = end + 1
-            plain = not held and m.end(1) == len(line) - 2
+            # canonical: the size's own "%x" and CRLF, nothing else (no leading zero)
+            plain = not held and m.end(1) == len(line) - 2 and (line[0] != 0x30 or m.end(1) == 1)
             if size == 0:
                 if plain and data[pos : pos + 2] == b"\r\n":
                     # The usual end, "0\r\n\r\n" in one read: passes as it is.

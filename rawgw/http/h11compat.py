@@ -7,10 +7,17 @@ if h11 changes any of them).
   checks (Content-Length/Transfer-Encoding) still run.
 - ``Headers._full_items``: h11's backing list of (raw name, lower name, value);
   scanning it is ~6× faster than ``Sequence.__iter__`` over ``Headers``.
+- ``h11._headers.Headers`` and ``object.__setattr__`` on a (frozen) ``h11.Request``:
+  the server leg drops header fields with "_" in their names and rewrites an
+  absolute-form target in place, so the request the gateway dispatches is the one
+  h11 parsed (no second validation pass).
 - ``Connection._reader`` / ``_writer`` types (h11's body framing decision),
   ``_receive_buffer._extract`` and ``_process_event``: the body relay forwards body
   bytes without h11 (``rawgw.http.body``) while h11 keeps owning heads and the
   connection state machine, so a connection is cycled (keep-alive) the public way.
+
+rawgw does not monkeypatch h11: strict chunk lines are checked by
+``rawgw.http.strict.ChunkLines`` (client leg) and ``rawgw.http.body`` (upstream leg).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import h11
+from h11._headers import Headers
 from h11._readers import ChunkedReader, ContentLengthReader
 from h11._writers import ChunkedWriter, ContentLengthWriter
 
@@ -42,6 +50,22 @@ def plain_headers(headers: Iterable[Header]) -> list[Header]:
     if items is not None:
         return [(name, value) for _, name, value in items]
     return list(headers)
+
+
+def full_items(request: h11.Request) -> list[tuple[bytes, bytes, bytes]]:
+    """h11's (raw name, lowercase name, value) list: no Sequence iteration in Python."""
+    items = getattr(request.headers, "_full_items", None)
+    return items if items is not None else [(n, n, v) for n, v in request.headers]
+
+
+def replace_headers(request: h11.Request, items: list[tuple[bytes, bytes, bytes]]) -> None:
+    """Give a parsed request a subset of its own ``full_items`` (already validated)."""
+    object.__setattr__(request, "headers", Headers(items))
+
+
+def replace_target(request: h11.Request, target: bytes) -> None:
+    """Rewrite a parsed request's target (absolute-form to origin-form)."""
+    object.__setattr__(request, "target", target)
 
 
 def response_framing(conn: h11.Connection) -> tuple[int, int]:

@@ -4,20 +4,23 @@ h11 is lenient where a proxy must not be: it unfolds obs-fold lines, accepts bar
 LF line ends, control characters in field values, any Host value, chunk sizes of
 up to 20 hex digits and any bytes after a chunk size. A gateway that forwards
 what a back end might parse differently opens the door to request smuggling,
-so these are refused before h11 sees the head (or, for chunk lines, alongside it).
+so these are refused before h11 sees the head (or, for chunk lines, alongside it:
+``ChunkLines``). Nothing here touches h11 itself (no monkeypatch).
+
+This ``ChunkLines`` is the client leg's check. On the upstream leg the provider's
+chunk lines are read by ``rawgw.http.body`` (h11 reads only the heads there): it
+accepts what h11 accepts (up to 20 hex digits, read as an exact Python int, any
+extension), but forwards a size line as it came only when it is canonical — exactly
+the ``%x`` of the size that h11 itself would write, no extension, no whitespace, no
+leading zero — and rewrites every other line to that form. So a client never sees an
+upstream framing byte the gateway would not have written itself, and a connection
+with bytes left over after the response is never reused (upstream/connection.py
+``_on_end``). tests/test_failures.py and tests/test_body_relay.py hold the proof.
 """
 
 from __future__ import annotations
 
 import re
-
-import h11._readers as _h11_readers
-
-# RFC 9112 §7.1: chunk-size is 1*HEXDIG; more than 16 digits cannot be a real
-# size and is a known smuggling vector (parsers truncate differently).
-_pattern = _h11_readers.chunk_header_re.pattern
-if b"{1,20}" in _pattern:
-    _h11_readers.chunk_header_re = re.compile(_pattern.replace(b"{1,20}", b"{1,16}"))
 
 
 def head_violation(head: bytes | bytearray, start: int = 0) -> str | None:
@@ -89,7 +92,8 @@ _TE = re.compile(rb"(?im)^transfer-encoding[ \t]*:([^\r\n]*)")
 
 # RFC 9112 §7.1: chunk-size [ chunk-ext ] CRLF, chunk-ext = *( BWS ";" BWS
 # chunk-ext-name [ BWS "=" BWS chunk-ext-val ] ), name a token, value a token or
-# quoted-string. At most 16 hex digits (see above).
+# quoted-string. At most 16 hex digits: more cannot be a real size and is a known
+# smuggling vector (64-bit parsers truncate differently).
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
 _CHUNK_LINE = re.compile(

@@ -157,6 +157,8 @@ button.link { border: none; background: none; color: var(--accent); padding: 0; 
       <div class="sub classes"><span class="nw"><span class="st2">2xx</span> <b id="status-class-2xx">&mdash;</b></span>
         <span class="nw"><span class="st4">4xx</span> <b id="status-class-4xx">&mdash;</b></span>
         <span class="nw"><span class="st5">5xx</span> <b id="status-class-5xx">&mdash;</b></span></div>
+      <div class="sub" id="cluster" hidden title="every instance sharing the [state] server, last hour">cluster, 1 h:
+        <b id="cluster-requests">&mdash;</b> requests &middot; <b id="cluster-tokens">&mdash;</b> tokens</div>
     </div>
     <div class="card">
       <h2>Latency</h2>
@@ -358,6 +360,12 @@ button.link { border: none; background: none; color: var(--accent); padding: 0; 
     setText("updated", fmtTime(snap.time));
     setText("uptime", fmtDur(snap.uptime_s));
     setText("requests-total", fmtInt(snap.requests_total));
+    var cl = snap.cluster;
+    $("cluster").hidden = !cl;
+    if (cl) {
+      setText("cluster-requests", fmtInt(cl.requests_total));
+      setText("cluster-tokens", fmtInt((cl.tokens_total.prompt || 0) + (cl.tokens_total.completion || 0)));
+    }
 
     var byStatus = snap.by_status || {}, classes = {"2xx": 0, "4xx": 0, "5xx": 0}, rows = [];
     Object.keys(byStatus).sort().forEach(function (code) {

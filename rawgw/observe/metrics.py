@@ -27,6 +27,12 @@ class Histogram:
         self.sum += value
         self.count += 1
 
+    def add(self, counts: list[int], total: float, count: int) -> None:
+        if len(counts) == len(self.counts):
+            self.counts = [a + b for a, b in zip(self.counts, counts)]
+            self.sum += total
+            self.count += count
+
     def render(self, name: str, labels: str) -> list[str]:
         out = []
         cumulative = 0
@@ -80,3 +86,42 @@ class Metrics:
 
     def failover(self, provider: str) -> None:
         self.failovers[provider] += 1
+
+    # ---- multi-worker aggregation (rawgw.observe.siblings) --------------------------
+
+    def to_doc(self) -> dict[str, object]:
+        """Every counter and histogram as plain JSON-able lists (a worker's answer)."""
+        return {
+            "requests": [[k, p, s, n] for (k, p, s), n in self.requests.items()],
+            "latency": [[k, p, h.counts, h.sum, h.count] for (k, p), h in self.latency.items()],
+            "ttfb": [[p, h.counts, h.sum, h.count] for p, h in self.ttfb.items()],
+            "overhead": [self.overhead_hist.counts, self.overhead_hist.sum, self.overhead_hist.count],
+            "attempts": dict(self.attempts),
+            "failovers": dict(self.failovers),
+            "tokens": [[p, m, k, kind, n] for (p, m, k, kind), n in self.tokens.items()],
+            "rate_limited": dict(self.rate_limited),
+            "cache": dict(self.cache),
+        }
+
+    def add_doc(self, doc: dict[str, object]) -> None:
+        """Add another worker's ``to_doc()`` into these numbers (counters and histograms sum)."""
+        for k, p, s, n in doc["requests"]:  # type: ignore[attr-defined]
+            self.requests[(k, p, s)] += n
+        for k, p, counts, total, count in doc["latency"]:  # type: ignore[attr-defined]
+            h = self.latency.get((k, p))
+            if h is None:
+                h = self.latency[(k, p)] = Histogram(LATENCY_BUCKETS)
+            h.add(counts, total, count)
+        for p, counts, total, count in doc["ttfb"]:  # type: ignore[attr-defined]
+            t = self.ttfb.get(p)
+            if t is None:
+                t = self.ttfb[p] = Histogram(LATENCY_BUCKETS)
+            t.add(counts, total, count)
+        counts, total, count = doc["overhead"]  # type: ignore[misc]
+        self.overhead_hist.add(counts, total, count)
+        for name in ("attempts", "failovers", "rate_limited", "cache"):
+            mine = getattr(self, name)
+            for label, n in doc[name].items():  # type: ignore[attr-defined]
+                mine[label] += n
+        for p, m, k, kind, n in doc["tokens"]:  # type: ignore[attr-defined]
+            self.tokens[(p, m, k, kind)] += n

@@ -25,6 +25,8 @@ class Stats:
     providers: dict[str, Any]  # /health/providers' "providers"
     recent_errors: list[dict[str, object]]
     log_dropped: int
+    extra_lines: list[str] = dataclasses.field(default_factory=list)  # rawgw_state_*, rawgw_workers_answered
+    cluster: dict[str, int] | None = None  # cluster-wide counters of the last hour ([state] url)
 
 
 def render(stats: Stats) -> str:
@@ -82,6 +84,7 @@ def render(stats: Stats) -> str:
     out.append(f"rawgw_asyncio_tasks {len(asyncio.all_tasks())}")
     head("rawgw_log_records_dropped_total", "counter", "Log records dropped because the log queue was full.")
     out.append(f"rawgw_log_records_dropped_total {stats.log_dropped}")
+    out.extend(stats.extra_lines)
     process.render(out)
     return "\n".join(out) + "\n"
 
@@ -154,6 +157,38 @@ def snapshot(stats: Stats) -> dict[str, Any]:
         "providers": stats.providers,
         "recent_errors": stats.recent_errors[-20:],
         "process": None if proc is None else dataclasses.asdict(proc),
+        "cluster": cluster_view(stats.cluster),
+    }
+
+
+def cluster_view(counters: dict[str, int] | None) -> dict[str, Any] | None:
+    """The state server's counters of the last hour, summed over every process and
+    instance sharing it (None without a state server, or before the first read)."""
+    if counters is None:
+        return None
+    by_status: dict[str, int] = {}
+    by_provider: dict[str, int] = {}
+    tokens = {"prompt": 0, "completion": 0}
+    for name, n in counters.items():
+        kind, _, rest = name.partition(":")
+        if kind == "status":
+            by_status[rest] = n
+        elif kind == "provider":
+            provider, _, what = rest.rpartition(":")
+            if what == "requests":
+                by_provider[provider] = n
+            elif what == "prompt_tokens":
+                tokens["prompt"] += n
+            elif what == "completion_tokens":
+                tokens["completion"] += n
+    return {
+        "window_s": 3600,
+        "requests_total": counters.get("requests", 0),
+        "by_status": by_status,
+        "by_provider": by_provider,
+        "tokens_total": tokens,
+        "rate_limited": counters.get("rate_limited", 0),
+        "cache": {"hit": counters.get("cache:hit", 0), "miss": counters.get("cache:miss", 0)},
     }
 
 

@@ -71,6 +71,7 @@ class AttemptChain:
         "connect_s",
         "hooks",
         "inc",
+        "probe",
         "t_head",
         "t_sent",
         "upload",
@@ -93,6 +94,7 @@ class AttemptChain:
         self.t_head = 0.0
         self.connect_s = 0.0
         self.upstream_model: str | None = None
+        self.probe: str | None = None  # provider whose cluster-wide probe lock this request holds
         # on_disconnect = "drain": the client left while a request was upstream; the
         # chain ends with whatever head comes (no failover, no retry for nobody).
         self.client_gone = False
@@ -120,7 +122,9 @@ class AttemptChain:
             self.body_waiter = asyncio.get_running_loop().create_future()
             try:
                 # the request deadline covers a body that stops arriving, too
-                await asyncio.wait_for(self.body_waiter, max(0.0, self.inc.deadline - perf_counter()))
+                # asyncio.timeout: unlike 3.11's wait_for, it never swallows a cancel
+                async with asyncio.timeout(max(0.0, self.inc.deadline - perf_counter())):
+                    await self.body_waiter
             except TimeoutError:
                 raise GatewayError(408, "request body not received in time", close=True, kind="timeout") from None
         parts = self.body_parts
@@ -144,10 +148,23 @@ class AttemptChain:
         last_response: Saved | None = None
         attempts = router.attempts(plan)
         step = next(attempts, None)
+        state = cfg.state
+        refused: str | None = None  # a provider whose half-open probe another process holds
         while step is not None:
             if self.client_gone:
                 raise GatewayError(499, "client closed the connection", kind="client_closed")
             provider, pool, key = step.provider, step.pool, step.key
+            if provider.name == refused:
+                step = next(attempts, None)
+                continue
+            if state.shared and pool.breaker.probing and pool.breaker.state(time.time()) == "half-open":
+                # This attempt is the breaker's half-open probe: one probe cluster-wide
+                # (one round trip, only while a breaker is half-open).
+                if not await state.claim_probe(provider.name):
+                    refused = provider.name
+                    step = next(attempts, None)
+                    continue
+                self.probe = provider.name
             if step.wait_s > 0:
                 # A same-provider retry's backoff (routing.policy decided it fits before
                 # the deadline). Asynchronous: a client that leaves cancels this task.
@@ -164,6 +181,7 @@ class AttemptChain:
                 conn = await link.pool.acquire(min(provider.connect_timeout_s, remaining, attempt_end - t_start))
             except UpstreamError as err:
                 pool.on_failure(None, time.time())
+                self._probed(provider)
                 last_error = err
                 self._failed(provider, err)
                 attempts.report(policy.Outcome(None, None, deadline - perf_counter()))
@@ -184,6 +202,7 @@ class AttemptChain:
                 self.awaiting_head = False
                 self.detach()
                 pool.on_failure(key, time.time())
+                self._probed(provider)
                 if isinstance(exc, UpstreamError):
                     last_error = exc
                 else:
@@ -204,6 +223,7 @@ class AttemptChain:
             now = time.time()
             headers = plain_headers(head.headers)
             policy.account(pool, key, status, headers, now)
+            self._probed(provider)
             if policy.moves_on(status) and not self.client_gone:
                 attempts.report(policy.Outcome(status, policy.retry_after(headers, now), deadline - self.t_head))
                 following = next(attempts, None)
@@ -221,11 +241,23 @@ class AttemptChain:
             return Accepted(head, conn, provider)
         if last_response is not None:
             return last_response
+        if last_error is None and refused is not None:
+            raise GatewayError(
+                503,
+                f"no usable key or provider available ({refused}): circuit half-open, its probe runs elsewhere",
+                code="no_available_provider",
+            )
         if last_error is None:
             raise GatewayError(502, "no upstream attempt could be made")
         if last_error.kind == "timeout":
             raise GatewayError(504, last_error.message, kind="timeout")
         raise GatewayError(502, last_error.message)
+
+    def _probed(self, provider: Provider) -> None:
+        """The probe's outcome is accounted (and published): free the cluster-wide lock."""
+        if self.probe == provider.name:
+            self.probe = None
+            self.cfg.state.release_probe(provider.name)
 
     def _failed(self, provider: Provider, err: UpstreamError, status: int | None = None) -> None:
         self.hooks.failed_attempt(FailedAttempt(self.inc.request_id.decode(), provider.name, self.attempts, err.kind, err.message, status))
@@ -235,7 +267,8 @@ class AttemptChain:
         collector = BodyCollector(MAX_SAVED_ERROR_BYTES)
         conn.stream_to(collector)
         try:
-            return await asyncio.wait_for(collector.done, max(0.0, min(ERROR_BODY_WAIT_S, self.inc.deadline - perf_counter())))
+            async with asyncio.timeout(max(0.0, min(ERROR_BODY_WAIT_S, self.inc.deadline - perf_counter()))):
+                return await collector.done
         except (TimeoutError, UpstreamError):
             conn.detach()
             return None

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from rawgw.config import Provider
     from rawgw.observe.record import FailedAttempt, RequestRecord
     from rawgw.routing.router import Router
+    from rawgw.state.backend import LocalState
     from rawgw.upstream.pool import OriginPool
 
 Header = tuple[bytes, bytes]
@@ -40,6 +41,7 @@ class RelayConfig:
     cache: ResponseCache | None
     chat_logging: bool
     request_timeout_s: float
+    state: LocalState  # in-process, or shared on a state server (rawgw.state.backend)
 
 
 class RelayHooks(Protocol):

@@ -20,13 +20,15 @@ from typing import TYPE_CHECKING
 
 import h11
 
-from rawgw.errors import REASONS, GatewayError
+from rawgw.cache import Entry, decode_entry, encode_entry
+from rawgw.errors import REASONS, GatewayError, retry_after_header
 from rawgw.http.body import Raw
 from rawgw.http.headers import filter_headers, get_header, plain_headers, upstream_request_id
 from rawgw.observe.record import RequestRecord
 from rawgw.observe.usage import extract_usage
 from rawgw.relay.attempts import Accepted, AttemptChain
 from rawgw.request import response_extras
+from rawgw.routing.ratelimit import estimate_tokens
 from rawgw.upstream.connection import UpstreamConnection, UpstreamError
 
 if TYPE_CHECKING:
@@ -72,6 +74,7 @@ class Exchange:
         "provider",
         "raw",
         "request_body",
+        "reserved",
         "response_headers",
         "status",
         "stream",
@@ -113,6 +116,7 @@ class Exchange:
         self.cache_status: bytes | None = None
         self.usage: tuple[int, int] | None = None
         self.request_body = b""
+        self.reserved = 0  # TPM tokens reserved for this request (refunded at the end)
         self.on_disconnect = "close"  # the route's; "drain": a client hang-up does not end the upstream
         self.draining = False  # the client left; the upstream response is read and discarded
 
@@ -197,7 +201,11 @@ class Exchange:
         if cache is not None and self.cache_key is not None and self.collected is not None:
             # a cached answer carries no provider rate-limit state: it would be stale
             headers = filter_headers(self.response_headers, self.cfg.response_drop_limited)
-            cache.put(self.cache_key, self.status, headers, b"".join(self.collected), self.provider)
+            body = b"".join(self.collected)
+            cache.put(self.cache_key, self.status, headers, body, self.provider)
+            state = self.cfg.state
+            if state.shared and 200 <= self.status < 300:
+                state.cache_put(self.cache_key, encode_entry(self.status, headers, body, self.provider), cache.ttl_s)
         self._finish("ok")
 
     def on_upstream_error(self, err: UpstreamError) -> None:
@@ -248,11 +256,19 @@ class Exchange:
         self.request_body = body
         if plan.route is not None:
             self.on_disconnect = plan.route.on_disconnect
-        if self._from_cache(plan):
+        if inc.limit_deferred:
+            await self._rate_limit(len(body), plan.parsed)
+        if cfg.cache is not None and await self._from_cache(plan):
             return
         if cfg.chat_logging and buffered:
             self.collected = []
         result = await self.chain.run(plan, buffered)
+        if self.finished:
+            # Already recorded as client_closed (a cancel the event loop lost): the
+            # answer is for nobody; close its connection, never count a stream.
+            if isinstance(result, Accepted):
+                result.conn.detach()
+            return
         if self.draining:
             # the client left while the request was upstream (on_disconnect = "drain")
             if isinstance(result, Accepted):
@@ -265,7 +281,55 @@ class Exchange:
         else:
             self._send_saved(*result)
 
-    def _from_cache(self, plan: Plan) -> bool:
+    async def _rate_limit(self, body_size: int, parsed: dict[str, object] | None) -> None:
+        """The gateway key's limits, decided here (before the first upstream byte) when it
+        needs the body (TPM) or the state server (one round trip, or the deny-cache)."""
+        key = self.inc.key
+        if key is None:
+            return
+        tokens = estimate_tokens(body_size, parsed) if key.rate_limit_tpm > 0 else 0
+        wait, self.inc.rate_headers = await self.cfg.state.reserve(key, tokens)
+        if wait == 0.0:
+            self.reserved = tokens
+            return
+        self.inc.key_limited = True
+        if wait is None:
+            raise GatewayError(
+                429,
+                f"request of key '{key.name}' needs about {tokens} tokens, more than its limit of {key.rate_limit_tpm} tokens per minute",
+                code="tokens_exceed_limit",
+                kind="rate_limited",
+            )
+        limits = []
+        if key.rate_limit_rpm > 0:
+            limits.append(f"{key.rate_limit_rpm} requests")
+        if key.rate_limit_tpm > 0:
+            limits.append(f"{key.rate_limit_tpm} tokens")
+        raise GatewayError(
+            429,
+            f"rate limit of key '{key.name}' exceeded ({' and '.join(limits)} per minute)",
+            headers=[retry_after_header(wait)],
+            kind="rate_limited",
+        )
+
+    def _refund(self) -> None:
+        """TPM: give back what the response did not use (all of it when nothing answered)."""
+        reserved = self.reserved
+        key = self.inc.key
+        if reserved <= 0 or key is None:
+            return
+        self.reserved = 0
+        usage = self.usage
+        if usage is not None:
+            unused = reserved - usage[0] - usage[1]
+        elif 200 <= self.status < 300 and self.outcome == "ok":
+            unused = 0  # answered, usage unknown (a stream without usage): keep it spent
+        else:
+            unused = reserved
+        if unused > 0:
+            self.cfg.state.refund(key, unused)
+
+    async def _from_cache(self, plan: Plan) -> bool:
         """Answer from the response cache (True), or arrange for the answer to be stored."""
         cache = self.cfg.cache
         if cache is None or plan.endpoint.rest != "chat/completions" or plan.stream or plan.parsed is None:
@@ -275,7 +339,15 @@ class Exchange:
         except TypeError:  # integers beyond 64 bits: not cacheable, still served
             return False
         cc = get_header(self.inc.headers, b"cache-control")
-        entry = None if cc is not None and b"no-cache" in cc.lower() else cache.get(key)
+        no_cache = cc is not None and b"no-cache" in cc.lower()
+        entry = None if no_cache else cache.get(key)
+        state = self.cfg.state
+        if entry is None and not no_cache and state.shared:
+            # one GET, only for a cacheable request this process has not cached itself
+            raw = await state.cache_get(key)
+            found = decode_entry(raw) if raw is not None else None
+            if found is not None:
+                entry = Entry(found[0], tuple(found[1]), found[2], found[3], 0.0)
         if entry is None:
             self.cache_key = key
             self.cache_status = b"MISS"
@@ -430,6 +502,8 @@ class Exchange:
             self.client.peer = None
         if self.streaming:
             self.hooks.stream_closed()
+        if self.reserved:
+            self._refund()
         self.hooks.record(self._record())
 
     def _record(self) -> RequestRecord:
@@ -450,6 +524,7 @@ class Exchange:
             wall_time=time.time(),
             provider=self.provider,
             key_name=inc.key_name,
+            key_limited=inc.key_limited,
             client_model=self.client_model,
             upstream_model=chain.upstream_model,
             attempts=chain.attempts,

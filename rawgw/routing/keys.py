@@ -11,10 +11,14 @@ from __future__ import annotations
 import random
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parsedate_to_datetime
+
+# A state change worth telling other processes (issue 12): (kind, key index or -1 for the
+# breaker, until as wall time or 0, strikes). Kinds as rawgw.state.shared.KEY_EVENT_KINDS.
+Listener = Callable[[str, int, float, int], None]
 
 MAX_BACKOFF_FACTOR = 16
 BREAKER_FAILURES = 5
@@ -45,6 +49,8 @@ class Breaker:
     open_until: float = 0.0
     probing: bool = False
     probe_started: float = 0.0
+    # told of every open/close decided here (not of those applied from elsewhere)
+    listener: Listener | None = None
 
     def state(self, now: float) -> str:
         if self.open_until > now:
@@ -69,6 +75,7 @@ class Breaker:
             # The half-open probe failed: open again.
             self.open_until = now + BREAKER_OPEN_S
             self.probing = False
+            self._tell("breaker_open")
             return
         self.failures = [t for t in self.failures if now - t < BREAKER_WINDOW_S]
         self.failures.append(now)
@@ -76,11 +83,25 @@ class Breaker:
             self.open_until = now + BREAKER_OPEN_S
             self.failures.clear()
             self.probing = False
+            self._tell("breaker_open")
 
     def record_success(self) -> None:
+        was_open = bool(self.open_until)
         self.failures.clear()
         self.open_until = 0.0
         self.probing = False
+        if was_open:
+            self._tell("breaker_closed")
+
+    def _tell(self, kind: str) -> None:
+        if self.listener is not None:
+            self.listener(kind, -1, self.open_until if kind == "breaker_open" else 0.0, 0)
+
+    def apply(self, kind: str, until: float) -> None:
+        """A breaker state decided by another process (issue 12); not told back."""
+        self.failures.clear()
+        self.probing = False
+        self.open_until = until if kind == "breaker_open" else 0.0
 
 
 class KeyPool:
@@ -91,16 +112,23 @@ class KeyPool:
         self.strategy = strategy
         self.cooldown_s = cooldown_s
         self.states: dict[str, KeyState] = {}
+        # indices of keys a reload brought back from disabled: other processes are told
+        self.reenabled: list[int] = []
         old = states or {}
-        for k in self.keys:
+        for i, k in enumerate(self.keys):
             st = old.get(k)
             if st is not None:
+                if st.disabled:
+                    self.reenabled.append(i)
                 st.disabled = False  # SPEC 7: a reload brings disabled keys back
                 self.states[k] = st
             else:
                 self.states[k] = KeyState()
         self.next_index = 0
         self.breaker = Breaker()
+        # Told of each cooldown / disable / enable decided in this process, so that a
+        # shared-state backend can publish it; None in the in-process default.
+        self.listener: Listener | None = None
 
     def order(self) -> list[str]:
         """Every key in the order this request should try them (advances the round-robin)."""
@@ -146,13 +174,61 @@ class KeyPool:
             rest = self.cooldown_s * min(MAX_BACKOFF_FACTOR, 2**st.strikes)
             st.strikes += 1
         st.cooldown_until = now + rest
+        if self.listener is not None:
+            self.listener("cooldown", self.keys.index(key), st.cooldown_until, st.strikes)
         return rest
 
     def on_auth_failure(self, key: str) -> None:
         st = self.states[key]
         st.requests += 1
         st.failures += 1
+        was = st.disabled
         st.disabled = True
+        if not was and self.listener is not None:
+            self.listener("disabled", self.keys.index(key), 0.0, 0)
+
+    def enable(self, index: int) -> bool:
+        """Bring key ``index`` back from disabled or cooling (admin); False if none."""
+        if not 0 <= index < len(self.keys):
+            return False
+        st = self.states[self.keys[index]]
+        st.disabled = False
+        st.cooldown_until = 0.0
+        st.strikes = 0
+        if self.listener is not None:
+            self.listener("enabled", index, 0.0, 0)
+        return True
+
+    def apply(self, kind: str, index: int, until: float, strikes: int) -> None:
+        """A key state decided by another process (issue 12); not told back."""
+        if kind in ("breaker_open", "breaker_closed"):
+            self.breaker.apply(kind, until)
+            return
+        if not 0 <= index < len(self.keys):
+            return  # that process has a different config: nothing to map it to
+        st = self.states[self.keys[index]]
+        if kind == "cooldown":
+            st.cooldown_until = until
+            st.strikes = strikes
+        elif kind == "disabled":
+            st.disabled = True
+        elif kind == "enabled":
+            st.disabled = False
+            st.cooldown_until = 0.0
+            st.strikes = 0
+
+    def local_events(self, now: float) -> list[tuple[str, int, float, int]]:
+        """The states worth republishing (a state server that restarted empty)."""
+        out: list[tuple[str, int, float, int]] = []
+        for i, k in enumerate(self.keys):
+            st = self.states[k]
+            if st.disabled:
+                out.append(("disabled", i, 0.0, 0))
+            elif st.cooldown_until > now:
+                out.append(("cooldown", i, st.cooldown_until, st.strikes))
+        if self.breaker.open_until > now:
+            out.append(("breaker_open", -1, self.breaker.open_until, 0))
+        return out
 
     def on_failure(self, key: str | None, now: float | None = None) -> None:
         """Connect error or 5xx: counts toward the provider's breaker, not the key."""

@@ -13,13 +13,12 @@ import logging
 from typing import TYPE_CHECKING, Protocol, cast
 
 import h11
-from h11._headers import Headers
 
 from rawgw.errors import REASONS, GatewayError
 from rawgw.http.body import CHUNKED, LENGTH, Raw
 from rawgw.http.date import http_date
 from rawgw.http.flow import FlowControl
-from rawgw.http.h11compat import body_sent_raw, trusted_response, writer_framing
+from rawgw.http.h11compat import body_sent_raw, full_items, replace_headers, replace_target, trusted_response, writer_framing
 from rawgw.http.strict import ChunkLines, chunked_not_final, head_violation, valid_host
 from rawgw.http.tcp import set_nodelay
 
@@ -78,8 +77,8 @@ class ClientConnection(asyncio.Protocol):
         self.peer: FlowControl | None = None  # the upstream's reading, paused by our write buffer
         self.closed = False
         self.draining = False  # server shutting down: close after the current response
-        self.request_done = False  # the current request's body fully received
-        self.response_done = False
+        # Whether the current request / response is complete is h11's own state
+        # (request_done / response_done below), not a flag of ours.
         self.in_flight = False  # a request head was received and not fully answered
         self.pipelined = 0
         self.body_seen = 0
@@ -221,7 +220,6 @@ class ClientConnection(asyncio.Protocol):
             elif etype is h11.Request:
                 self._on_request(event)  # type: ignore[arg-type]
             elif etype is h11.EndOfMessage:
-                self.request_done = True
                 self.chunk_lines = None
                 if self.sink is not None:
                     self.sink.on_body_end()
@@ -237,8 +235,6 @@ class ClientConnection(asyncio.Protocol):
             # a pending keep-alive timer stays: it ignores a connection in flight
             self._cancel_timer()
         self.in_flight = True
-        self.request_done = False
-        self.response_done = False
         self.pipelined = 0
         self.body_seen = 0
         self.last_head = None
@@ -256,8 +252,7 @@ class ClientConnection(asyncio.Protocol):
         if underscore:
             # As nginx does (underscores_in_headers off): a name with "_" may be read as
             # the "-" one by a back end (Transfer_Encoding), so such fields are dropped.
-            kept = [item for item in _full_items(request) if b"_" not in item[1]]
-            object.__setattr__(request, "headers", Headers(kept))
+            replace_headers(request, [item for item in full_items(request) if b"_" not in item[1]])
         if chunked:
             chunks = self.chunk_lines = ChunkLines(self.config.max_header_bytes)
             problem = chunks.feed(self.h11.trailing_data[0])
@@ -286,7 +281,7 @@ class ClientConnection(asyncio.Protocol):
         local = f"{sockname[0]}:{sockname[1]}".encode() if sockname else b""
         if authority.lower() not in (host, local):
             return GatewayError(400, "absolute-form target names another host: rawgw is not a forward proxy", close=True)
-        object.__setattr__(request, "target", b"/" + path if slash else b"/")
+        replace_target(request, b"/" + path if slash else b"/")
         return None
 
     def _on_body(self, data: bytes) -> None:
@@ -389,6 +384,16 @@ class ClientConnection(asyncio.Protocol):
     # ---- writing responses --------------------------------------------------
 
     @property
+    def request_done(self) -> bool:
+        """The current request's body was fully received (h11 saw its end)."""
+        return self.h11.their_state in _ENDED
+
+    @property
+    def response_done(self) -> bool:
+        """The current response was sent to its end."""
+        return self.h11.our_state in _ENDED
+
+    @property
     def response_started(self) -> bool:
         return self.h11.our_state is not h11.SEND_RESPONSE and self.in_flight
 
@@ -474,7 +479,6 @@ class ClientConnection(asyncio.Protocol):
                 self.corked.append(data)
             else:
                 self.transport.write(data)
-        self.response_done = True
         self.sink = None
         if self.h11.our_state is h11.MUST_CLOSE:
             # Connection: close (HTTP/1.0 client, refused framing, draining).
@@ -538,13 +542,15 @@ class ClientConnection(asyncio.Protocol):
     # ---- keep-alive cycle ---------------------------------------------------
 
     def _maybe_cycle(self) -> None:
-        if not (self.request_done and self.response_done):
-            return
-        if self.h11.our_state is h11.MUST_CLOSE or self.h11.their_state is h11.MUST_CLOSE or self.draining:
-            self.close()
-            return
-        if self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:
-            self.close()
+        conn = self.h11
+        ours = conn.our_state
+        if ours not in _ENDED:
+            return  # the response is still under way (the usual case at the request's end)
+        theirs = conn.their_state
+        if theirs not in _ENDED:
+            return  # the rest of the request body is still to come
+        if ours is not h11.DONE or theirs is not h11.DONE or self.draining:
+            self.close()  # MUST_CLOSE on either side (Connection: close, HTTP/1.0), or shutdown
             return
         self.h11.start_next_cycle()
         self.in_flight = False
@@ -647,6 +653,10 @@ class ClientConnection(asyncio.Protocol):
             self.close()
 
 
+# h11 states in which one side's message is complete.
+_ENDED = frozenset((h11.DONE, h11.MUST_CLOSE))
+
+
 def check_request_framing(request: h11.Request, max_body_bytes: int) -> tuple[GatewayError | None, bool, bool]:
     """Refusals h11 itself lets through (RFC 9112 §3.2, §6.1, §6.3).
 
@@ -654,7 +664,7 @@ def check_request_framing(request: h11.Request, max_body_bytes: int) -> tuple[Ga
     """
     te = cl = host = None
     underscore = False
-    for _, name, value in _full_items(request):
+    for _, name, value in full_items(request):
         if name == b"transfer-encoding":
             te = value
         elif name == b"content-length":
@@ -676,8 +686,3 @@ def check_request_framing(request: h11.Request, max_body_bytes: int) -> tuple[Ga
         return GatewayError(413, f"request body exceeds {max_body_bytes} bytes", close=True), underscore, False
     return None, underscore, te is not None
 
-
-def _full_items(request: h11.Request) -> list[tuple[bytes, bytes, bytes]]:
-    """h11's (raw name, lowercase name, value) list: no Sequence iteration in Python."""
-    items = getattr(request.headers, "_full_items", None)
-    return items if items is not None else [(n, n, v) for n, v in request.headers]

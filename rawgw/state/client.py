@@ -325,13 +325,17 @@ class _Link:
         client = self.client
         attempt = 0
         reported = False
+        # One clear line per outage: the command link tells; the pub/sub link (which
+        # fails and recovers with it) only at debug level.
+        level = logging.WARNING if self.push is None else logging.DEBUG
         while not self.closed:
             try:
                 proto = await self._connect()
             except (OSError, StateError, TimeoutError) as exc:
                 client.errors += 1
                 if not reported:  # one line per outage, not one per retry
-                    log.warning(
+                    log.log(
+                        level,
                         "state server %s (%s) unreachable: %s; retrying in the background",
                         client.url.masked(),
                         self.name,
@@ -343,7 +347,7 @@ class _Link:
                 await asyncio.sleep(delay * (0.5 + random.random() / 2))  # jitter: no herd
                 continue
             if reported:
-                log.warning("state server %s (%s) is back", client.url.masked(), self.name)
+                log.log(level, "state server %s (%s) is back", client.url.masked(), self.name)
             attempt = 0
             reported = False
             proto.on_lost = self._lost
@@ -355,7 +359,7 @@ class _Link:
             else:
                 await proto.lost
             if not reported:
-                log.warning("state server %s (%s): connection lost; reconnecting", client.url.masked(), self.name)
+                log.log(level, "state server %s (%s): connection lost; reconnecting", client.url.masked(), self.name)
                 reported = True
 
     async def _heartbeat(self, proto: _Protocol) -> None:

@@ -38,7 +38,11 @@ log = logging.getLogger("rawgw.state")
 # cooldown: until_epoch is when the key may be used again (strikes: consecutive 429s);
 # disabled: 401/403, until an "enabled" (config reload, admin); breaker_*: key_index -1,
 # until_epoch of breaker_open is when the half-open probe may run.
-KEY_EVENT_KINDS = ("cooldown", "disabled", "enabled", "breaker_open", "breaker_closed")
+# revoked: a gateway key refused everywhere at once; ``provider`` holds the SHA-256 hex of
+# the key's value (never the value), key_index -1; it has no end (a key given a new value
+# has a new digest).
+KEY_EVENT_KINDS = ("cooldown", "disabled", "enabled", "breaker_open", "breaker_closed", "revoked", "cache_cleared", "overlay_changed")
+_PUBLISH_ONLY = frozenset({"cache_cleared", "overlay_changed"})  # news, not a state to store
 _CLEARING = frozenset({"enabled", "breaker_closed"})
 _BREAKER = frozenset({"breaker_open", "breaker_closed"})
 
@@ -69,6 +73,8 @@ class KeyEvent:
     at: float = 0.0
 
     def field(self) -> str:
+        if self.kind == "revoked":
+            return f"r:{self.provider}"
         return f"b:{self.provider}" if self.kind in _BREAKER else f"k:{self.provider}:{self.key_index}"
 
     def encode(self) -> bytes:
@@ -133,12 +139,16 @@ class SharedState:
         """
         if kind not in KEY_EVENT_KINDS:
             raise ValueError(f"key event kind must be one of {', '.join(KEY_EVENT_KINDS)}, got {kind!r}")
-        event = KeyEvent(provider, -1 if kind in _BREAKER else key_index, kind, until_epoch, strikes, self.origin, time.time())
+        event = KeyEvent(provider, -1 if kind in _BREAKER or kind == "revoked" else key_index, kind, until_epoch, strikes, self.origin, time.time())
         payload = event.encode()
+        publish: tuple[Arg, ...] = ("PUBLISH", self.channel, payload)
+        if kind in _PUBLISH_ONLY:
+            _raise_errors(await self.client.pipeline([publish], timeout_ms=timeout_ms))
+            return event
         store: tuple[Arg, ...] = (
             ("HDEL", self.states_key, event.field()) if kind in _CLEARING else ("HSET", self.states_key, event.field(), payload)
         )
-        replies = await self.client.pipeline([store, ("PUBLISH", self.channel, payload)], timeout_ms=timeout_ms)
+        replies = await self.client.pipeline([store, publish], timeout_ms=timeout_ms)
         _raise_errors(replies)
         return event
 
@@ -212,6 +222,35 @@ class SharedState:
     async def cache_set(self, key: str | bytes, value: bytes, ttl_s: float, *, timeout_ms: float | None = None) -> None:
         """Store ``value`` for ``ttl_s`` seconds (at least 1 ms)."""
         await self.client.call("SET", self.cache_key(key), value, "PX", max(1, int(ttl_s * 1000)), timeout_ms=timeout_ms)
+
+    async def cache_clear(self, *, timeout_ms: float | None = None) -> int:
+        """Drop every shared cached response (SCAN + UNLINK in batches); return how many.
+
+        SCAN, not KEYS: the server keeps serving everybody else while it runs."""
+        pattern = b"{" + self.prefix.encode() + b"cache}:*"
+        models = self.cache_key(b"models:")  # model lists are not responses: they stay
+        cursor = b"0"
+        removed = 0
+        while True:
+            reply = await self.client.call("SCAN", cursor, "MATCH", pattern, "COUNT", 1000, timeout_ms=timeout_ms)
+            cursor = bytes(reply[0])
+            keys = [k for k in (bytes(k) for k in reply[1]) if not k.startswith(models)]
+            if keys:
+                removed += int(await self.client.call("UNLINK", *keys, timeout_ms=timeout_ms))
+            if cursor == b"0":
+                return removed
+
+    # admin overlay ----------------------------------------------------------------
+    def overlay_key(self) -> str:
+        return "{" + self.prefix + "overlay}"
+
+    async def put_overlay(self, text: bytes, *, timeout_ms: float | None = None) -> None:
+        """The admin overlay (gateway.d/admin.toml) of the cluster: the last change wins."""
+        await self.client.call("SET", self.overlay_key(), text, timeout_ms=timeout_ms)
+
+    async def get_overlay(self, *, timeout_ms: float | None = None) -> bytes | None:
+        reply = await self.client.call("GET", self.overlay_key(), timeout_ms=timeout_ms)
+        return None if reply is None else bytes(reply)
 
     # counters ---------------------------------------------------------------------
     def counter_key(self, minute: int) -> str:

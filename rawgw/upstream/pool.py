@@ -81,7 +81,11 @@ class OriginPool:
             waiter = asyncio.get_running_loop().create_future()
             self.waiters.append(waiter)
             try:
-                await asyncio.wait_for(waiter, connect_timeout)
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the result
+                # when a cancel (the client left) lands as the awaited thing completes
+                # (gh-86296), and the exchange would go on for nobody. Here too.
+                async with asyncio.timeout(connect_timeout):
+                    await waiter
             except TimeoutError:
                 raise UpstreamError("connect", f"no free connection to {self.origin.authority} within {connect_timeout:g} s") from None
             finally:
@@ -89,7 +93,8 @@ class OriginPool:
                     self.waiters.remove(waiter)
         self.connecting += 1
         try:
-            conn = await asyncio.wait_for(self._connect(), connect_timeout)
+            async with asyncio.timeout(connect_timeout):
+                conn = await self._connect()
         except TimeoutError:
             raise UpstreamError("connect", f"connect to {self.origin.authority}{self.via} timed out after {connect_timeout:g} s") from None
         except ssl.SSLCertVerificationError as exc:
