@@ -1,7 +1,8 @@
 """JSON-lines logs written by a thread, so file I/O never blocks the event loop.
 
 The loop only appends ``(file, record)`` to a list; every ``BATCH_S`` (or
-``BATCH`` records) the list goes on a queue as one item, and the thread serialises
+``BATCH`` records, or with the next record that is not an access line) the list
+goes on a queue as one item, and the thread serialises
 with orjson and appends each file's lines in one write. So a busy gateway pays one
 queue hand-off, one thread wake-up and one write() per batch, not per request.
 What waits is bounded: when the disk cannot keep up, records are dropped and counted
@@ -58,7 +59,9 @@ class LogWriter:
     def put(self, name: str, record: Any) -> None:
         pending = self.pending
         pending.append((name, record))
-        if len(pending) >= BATCH:
+        if len(pending) >= BATCH or name != "access.jsonl":
+            # only the per-request access lines wait for a batch; an error, an audit
+            # line or a chat log goes at once (with the access lines before it, in order)
             self._hand_off()
         elif not self.flush_armed:
             try:
