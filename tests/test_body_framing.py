@@ -157,3 +157,10 @@ def test_close_delimited_ends_at_eof_and_no_body_takes_nothing() -> None:
     body = ResponseBody(NONE, 0, True, 1024)
     assert body.done
     assert body.feed(b"x", lambda p: None) is None and body.extra
+
+
+def test_a_break_keeps_the_valid_part_of_the_read() -> None:
+    body = ResponseBody(CHUNKED, 0, True, 1024)
+    with pytest.raises(BodyError) as info:
+        body.feed(b"2\r\nhi\r\nzz\r\nSECRT\r\n", lambda p: None)
+    assert b"".join(info.value.raw or []) == b"2\r\nhi\r\n"

@@ -45,7 +45,20 @@ _LAST = b"0\r\n\r\n"
 
 
 class BodyError(Exception):
-    """The upstream body's framing is broken: the response cannot be completed."""
+    """The upstream body's framing is broken: the response cannot be completed.
+
+    ``raw``: the valid part of the read before the break, for a raw-forwarding client
+    (what h11 would have delivered as Data before failing).
+    """
+
+    raw: list[bytes] | None = None
+
+
+def _broken(message: str, data: bytes, out: list[bytes] | None, mark: int, pos: int) -> BodyError:
+    exc = BodyError(message)
+    if out is not None or mark < pos:
+        exc.raw = [*(out or ()), data[mark:pos]] if mark < pos else out
+    return exc
 
 
 class ResponseBody:
@@ -136,18 +149,22 @@ class ResponseBody:
                 # RFC 9112 §7.1: chunk-data CRLF (h11 refuses anything else here too).
                 if state == 1:
                     if data[pos] != 13:
-                        raise BodyError("malformed chunked body: chunk data not followed by CRLF")
+                        raise _broken("malformed chunked body: chunk data not followed by CRLF", data, out if build else None, mark, pos)
                     pos += 1
                     self.state = 2
                     if pos >= n:
                         break
                 if data[pos] != 10:
-                    raise BodyError("malformed chunked body: chunk data not followed by CRLF")
+                    raise _broken("malformed chunked body: chunk data not followed by CRLF", data, out if build else None, mark, pos)
                 pos += 1
                 self.state = 0
                 continue
             if state == 3:
-                pos = self._trailer(data, pos)
+                try:
+                    pos = self._trailer(data, pos)
+                except BodyError as exc:
+                    exc.raw = out if build else None  # what came before the last chunk
+                    raise
                 if build:
                     if out is None:
                         out = []
@@ -161,7 +178,7 @@ class ResponseBody:
             if end < 0:
                 # A size line split across reads: held back until it is complete.
                 if len(self.line) + n - pos > self.limit:
-                    raise BodyError("malformed chunked body: chunk size line too long")
+                    raise _broken("malformed chunked body: chunk size line too long", data, out if build else None, mark, pos)
                 if build:
                     if out is None:
                         out = []
@@ -174,7 +191,7 @@ class ResponseBody:
             line = held + data[pos : end + 1] if held else data[pos : end + 1]
             m = _SIZE_LINE.fullmatch(line)
             if m is None:
-                raise BodyError("malformed chunked body: bad chunk size line")
+                raise _broken("malformed chunked body: bad chunk size line", data, out if build else None, mark, pos)
             self.line = b""
             size = int(m.group(1), 16)
             start = pos

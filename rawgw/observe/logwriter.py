@@ -1,8 +1,8 @@
 """JSON-lines logs written by a thread, so file I/O never blocks the event loop.
 
-The loop only appends ``(file, record)`` to a list; every ``BATCH_S`` (or
-``BATCH`` records, or with the next record that is not an access line) the list
-goes on a queue as one item, and the thread serialises
+The loop only appends ``(file, record)`` to a list; at the end of the loop
+iteration (or at ``BATCH`` records, or with the next record that is not an access
+line) the list goes on a queue as one item, and the thread serialises
 with orjson and appends each file's lines in one write. So a busy gateway pays one
 queue hand-off, one thread wake-up and one write() per batch, not per request.
 What waits is bounded: when the disk cannot keep up, records are dropped and counted
@@ -31,7 +31,6 @@ from rawgw.config import LoggingConfig
 
 QUEUE_LIMIT = 100_000  # records handed to the thread and not yet written
 BATCH = 512
-BATCH_S = 0.01
 _STOP = ("", None)
 
 
@@ -70,7 +69,7 @@ class LogWriter:
                 self._hand_off()
                 return
             self.flush_armed = True
-            loop.call_later(BATCH_S, self._hand_off)
+            loop.call_soon(self._hand_off)
 
     def _hand_off(self) -> None:
         """Queue what was gathered as one item for the thread."""

@@ -113,6 +113,8 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             raw = body.feed(data, sink.on_upstream_data)
         except BodyError as exc:
+            if exc.raw and not framed:
+                sink.on_upstream_raw(exc.raw)  # the chunks before the break still reach the client
             self._fail(UpstreamError("protocol", f"malformed upstream response: {exc}"))
             if framed:
                 sink.uncork()
