@@ -422,7 +422,13 @@ async def test_gateway_rotates_access_and_errors_logs(start_gateway: StartGatewa
     logs = gw.logs_dir
     for name in ("access.jsonl", "errors.jsonl"):
         # the last record written: the writer is done with this file
-        await wait_until(lambda n=name: (logs / n).exists() and '"bad-19"' in (logs / n).read_text(), what=f"the last record in {name}")
+        def last_written(n: str = name) -> bool:
+            try:  # a rotation may rename the file between a check and the read
+                return '"bad-19"' in (logs / n).read_text()
+            except FileNotFoundError:
+                return False
+
+        await wait_until(last_written, what=f"the last record in {name}")
         assert (logs / f"{name}.2").exists(), sorted(p.name for p in logs.iterdir())
         assert not (logs / f"{name}.3").exists()
         for f in (logs / name, logs / f"{name}.1", logs / f"{name}.2"):
