@@ -543,3 +543,42 @@ async def test_admin_route_on_a_reaches_b_and_a_later_instance(
     c = await start_gateway(cfg)
     await state_up_key(c, admin)
     await wait_until(lambda: served_on(c), timeout=3, what="the admin route on C, started later")
+
+
+async def test_key_disabled_by_401_on_a_is_disabled_on_b_and_a_reload_brings_it_back_everywhere(
+    start_gateway: StartGateway, mock_upstream: MockUpstream, redis_server: RedisServer
+) -> None:
+    """A 401 for provider key 0 on A disables it on B too (B never sends it); SIGHUP on A
+    (SPEC 7: a reload brings disabled keys back) re-enables it on B as well."""
+    import signal
+
+    bad = {"on": True}
+
+    def handler(req: RecordedRequest) -> Json:
+        if bad["on"] and req.header("authorization") == f"Bearer {UPSTREAM_KEY}".encode():
+            return Json(status=401, body={"error": {"message": "invalid key"}})
+        return Json(body=completion())
+
+    mock_upstream.handler = handler
+    cfg = shared_config(mock_upstream, redis_server, provider={"keys": [UPSTREAM_KEY, SECOND_KEY], "key_strategy": "first"})
+    a, b = await start_gateway(cfg), await start_gateway(cfg)
+    await state_up(a)
+    await state_up(b)
+    r = await call(a.port, chat_body())
+    assert r.status == 200 and r.header("x-rawgw-attempts") == "2", (r.status, r.body)
+
+    async def state_on(gw: Gateway, want: str) -> bool:
+        return (await providers(gw))["mock"]["keys"][0]["state"] == want
+
+    await wait_until(lambda: state_on(b, "disabled"), what="key 0 disabled on B")
+    n = len(mock_upstream.requests)
+    assert (await call(b.port, chat_body())).header("x-rawgw-attempts") == "1"
+    assert mock_upstream.requests[n].header("authorization") == f"Bearer {SECOND_KEY}".encode()
+
+    bad["on"] = False  # the user fixed the key upstream, then reloads A
+    a.proc.send_signal(signal.SIGHUP)
+    await wait_until(lambda: state_on(a, "active"), what="key 0 back on A after SIGHUP")
+    await wait_until(lambda: state_on(b, "active"), what="key 0 back on B (told by A)")
+    n = len(mock_upstream.requests)
+    assert (await call(b.port, chat_body())).status == 200
+    assert mock_upstream.requests[n].header("authorization") == f"Bearer {UPSTREAM_KEY}".encode()
