@@ -204,8 +204,9 @@ async def test_admin_page_sign_in_add_route_and_see_usage(
                 # keys table: name, key, admin, providers, models, rpm, requests, tokens
                 row = "[...document.querySelectorAll('#keys tr')].find(tr => tr.cells[0].textContent === 'tester')"
                 b.wait(f"{row}.cells[6].textContent === '1' && {row}.cells[7].textContent === '12'", "tester's usage row")
-                shown = b.js(text_of("usage"))
-                assert '"real-model"' in shown, shown
+                # usage table: by, name, requests, prompt, completion, tokens
+                model_row = "[...document.querySelectorAll('#usage tr')].find(tr => tr.cells[0].textContent === 'model' && tr.cells[1].textContent === 'real-model')"
+                b.wait(f"{model_row} && {model_row}.cells[2].textContent === '1' && {model_row}.cells[5].textContent === '12'", "real-model's usage row")
                 html = b.js("document.documentElement.outerHTML")
                 for secret in (GW_KEY, ADMIN_KEY):
                     assert secret not in html

@@ -10,7 +10,7 @@ Every value is inserted with ``textContent``; nothing from the API is parsed as 
 
 Element ids (for the Chromium test the lead adds): ``signin``, ``admin-key``,
 ``signin-key``, ``signin-github``, ``main``, ``who``, ``routes`` (tbody), ``keys`` (tbody),
-``providers`` (tbody), ``usage``, ``route-form`` (fields ``route-match``, ``route-model``,
+``providers`` (tbody), ``usage`` (tbody: by, name, requests, prompt/completion tokens, tokens), ``route-form`` (fields ``route-match``, ``route-model``,
 ``route-providers``), ``key-form`` (``key-name``, ``key-providers``, ``key-models``,
 ``key-rpm``, ``key-admin``), ``new-secret`` (the one-time secret), ``clear-cache``,
 ``reload``, ``message``; buttons ``del-route-<i>``, ``del-key-<name>``, ``enable-<provider>-<i>``.
@@ -65,7 +65,7 @@ code { word-break:break-all; }
   <input id="key-rpm" type="number" min="0" value="0" style="width:6em"> <label><input id="key-admin" type="checkbox"> admin</label> <button>Create key</button></form>
   <p id="new-secret" hidden></p></section>
  <section><h2>Providers</h2><table><thead><tr><th>provider</th><th>key</th><th>state</th><th>requests</th><th>failures</th><th></th></tr></thead><tbody id="providers"></tbody></table></section>
- <section><h2>Usage (last hour)</h2><pre id="usage" class="muted"></pre></section>
+ <section><h2>Usage (last hour)</h2><table><thead><tr><th>by</th><th>name</th><th>requests</th><th>prompt tokens</th><th>completion tokens</th><th>tokens</th></tr></thead><tbody id="usage"></tbody></table></section>
 </main>
 <script>
 "use strict";
@@ -103,7 +103,11 @@ async function refresh() {
     cell(tr, name); cell(tr, k.key); cell(tr, k.state); cell(tr, k.requests); cell(tr, k.failures); const td = cell(tr, "");
     if (k.state !== "active") button(td, "enable-" + name + "-" + i, "Re-enable", () => act(() => api("POST", "/admin/providers/" + encodeURIComponent(name) + "/keys/" + i + "/enable"), "key re-enabled"));
     pt.appendChild(tr); }));
-  $("usage").textContent = JSON.stringify(usage, null, 2);
+  const ut = $("usage"); ut.replaceChildren();
+  [["keys", "key"], ["providers", "provider"], ["models", "model"]].forEach(([section, label]) =>
+    Object.entries((usage && usage[section]) || {}).forEach(([name, u]) => { const tr = document.createElement("tr");
+      cell(tr, label); cell(tr, name); cell(tr, u.requests); cell(tr, u.prompt_tokens); cell(tr, u.completion_tokens); cell(tr, u.tokens); ut.appendChild(tr); }));
+  if (!ut.children.length) { const tr = document.createElement("tr"); cell(tr, "no traffic in the last hour").colSpan = 6; ut.appendChild(tr); }
 }
 async function enter(who) {
   $("who").textContent = who; $("signin").hidden = true; $("main").hidden = false;
