@@ -117,7 +117,7 @@ def gateway_propagation(url: str, rounds: int, tmp: str) -> dict[str, float | No
         f'[logging]\naccess = false\nerrors = false\n[state]\nurl = "{url}"\n'
     )
     gws = [_start([sys.executable, "-m", "rawgw", "serve", "-c", str(cfg), "--log-level", "warning"], str(BENCH.parent)) for _ in range(2)]
-    (a, pa), (b, pb) = gws
+    (_, pa), (_, pb) = gws
     body = b'{"model":"m","messages":[{"role":"user","content":"hi"}]}'
     reached = []
     try:
