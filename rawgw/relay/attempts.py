@@ -306,7 +306,7 @@ class AttemptChain:
         for part in self.body_parts:
             conn.send_body(part)
         self.upload = conn
-        conn.flow = self.client.flow  # the upstream's write buffer paces reading the client
+        conn.peer = self.client.flow  # the upstream's write buffer paces reading the client
         self.client.send_continue()
         return fut
 
