@@ -49,6 +49,9 @@ log = logging.getLogger("rawgw")
 
 Header = tuple[bytes, bytes]
 
+# local paths that show the cluster's counters ([state]): /metrics (Prometheus scrapes
+# each instance) does not, so a scraper does not keep the once-a-second read going
+CLUSTER_READERS = frozenset({"/metrics.json", "/health/providers"})
 WWW_AUTHENTICATE = (b"www-authenticate", b'Bearer realm="rawgw"')
 
 
@@ -98,7 +101,6 @@ class Gateway:
         for name, p in config.providers.items():
             origin = Origin(p.scheme, p.host, p.port, p.proxy)
             links[name] = ProviderLink(
-                provider=p,
                 authority=origin.authority.encode(),
                 headers=tuple((k.lower().encode(), v.encode()) for k, v in p.headers),
                 pool=self.pools.get(origin, p.max_connections, p.pool_idle_s),
@@ -111,7 +113,6 @@ class Gateway:
             response_drop_limited=frozenset(drop | RATE_LIMIT_HEADERS),
             cache=self.cache,
             chat_logging=config.logging.chat,
-            request_timeout_s=config.server.request_timeout_s,
             state=self.state,
         )
 
@@ -190,6 +191,8 @@ class Gateway:
                         kind="rate_limited",
                     )
             if kind == "local":
+                if endpoint.path in CLUSTER_READERS:
+                    self.state.want_cluster()  # the cluster counters are read only while someone looks
                 if self.siblings is not None and endpoint.path in AGGREGATED and method in (b"GET", b"HEAD") and self.config.metrics.enabled:
                     self._aggregated(client, inc)
                     return
@@ -220,15 +223,6 @@ class Gateway:
                 timeout = min(timeout, value)
         inc.deadline = t0 + timeout
         Exchange(self.relay, self, client, inc).start()
-
-    def revoke_key(self, name: str) -> bool:
-        """Refuse gateway key ``name`` at once, on every instance sharing the state server
-        (the admin API's revoke; the config change that removes it follows)."""
-        key = next((k for k in self.keys if k.name == name), None)
-        if key is None:
-            return False
-        self.state.revoke(key.key)
-        return True
 
     def early_error_headers(self) -> list[Header]:
         return self.cors.early_error_headers()

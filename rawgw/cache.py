@@ -17,6 +17,10 @@ from typing import Any
 
 import orjson
 
+# Shared-cache keys of the /v1/models lists (rawgw.endpoints.models) start with this; the
+# admin cache clear (rawgw.state.shared) keeps them: model lists are not responses.
+MODELS_CACHE_PREFIX = b"models:"
+
 Header = tuple[bytes, bytes]
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from rawgw.cache import MODELS_CACHE_PREFIX
 from rawgw.endpoints.local import PRIVATE
 from rawgw.http.h11compat import trusted_request
 from rawgw.http.reply import Reply
@@ -91,7 +92,7 @@ class ModelLister:
         if cached is not None and now - cached[0] < ttl:
             return cached[1]
         state = relay.state
-        shared_key = b"models:" + hashlib.sha256(f"{provider.name}\0{provider.base_url}".encode()).digest()
+        shared_key = MODELS_CACHE_PREFIX + hashlib.sha256(f"{provider.name}\0{provider.base_url}".encode()).digest()
         if state.shared and ttl > 0:
             # another process or instance may have listed it within the TTL: one GET
             raw = await state.cache_get(shared_key)

@@ -64,9 +64,8 @@ def read() -> ProcessStats | None:
     )
 
 
-def render(out: list[str]) -> None:
-    """Append the text-format families (nothing when /proc is not there)."""
-    p = read()
+def render(out: list[str], p: ProcessStats | None) -> None:
+    """Append the text-format families of ``p`` (from ``read()``; nothing when None)."""
     if p is None:
         return
     for name, kind, help_text, value in (

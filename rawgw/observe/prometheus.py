@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -78,22 +77,16 @@ def render(stats: Stats) -> str:
     for authority, (open_n, idle_n) in sorted(stats.pools.items()):
         out.append(f'rawgw_upstream_pool_connections{{origin="{_esc(authority)}",state="open"}} {open_n}')
         out.append(f'rawgw_upstream_pool_connections{{origin="{_esc(authority)}",state="idle"}} {idle_n}')
+    proc = process.read()  # one /proc read for both families
     head("rawgw_process_open_fds", "gauge", "File descriptors open in this process (leak check).")
-    out.append(f"rawgw_process_open_fds {_open_fds()}")
+    out.append(f"rawgw_process_open_fds {proc.open_fds if proc is not None else -1}")
     head("rawgw_asyncio_tasks", "gauge", "asyncio tasks alive in this process (leak check).")
     out.append(f"rawgw_asyncio_tasks {len(asyncio.all_tasks())}")
     head("rawgw_log_records_dropped_total", "counter", "Log records dropped because the log queue was full.")
     out.append(f"rawgw_log_records_dropped_total {stats.log_dropped}")
     out.extend(stats.extra_lines)
-    process.render(out)
+    process.render(out, proc)
     return "\n".join(out) + "\n"
-
-
-def _open_fds() -> int:
-    try:
-        return len(os.listdir("/proc/self/fd"))
-    except OSError:
-        return -1
 
 
 def _quantile(h: Histogram, q: float) -> float | None:
@@ -126,9 +119,7 @@ def snapshot(stats: Stats) -> dict[str, Any]:
     for (kind, _), h in m.latency.items():
         if kind == "local":
             continue
-        merged.counts = [a + b for a, b in zip(merged.counts, h.counts)]
-        merged.count += h.count
-        merged.sum += h.sum
+        merged.add(h.counts, h.sum, h.count)
     proc = process.read()
     tokens: dict[str, dict[str, int]] = {}
     for (provider, model, _key, kind), n in m.tokens.items():

@@ -1,6 +1,7 @@
 """Shared state across processes and instances on Redis/Valkey (issue 12).
 
-Standalone layer, not yet wired into the gateway:
+The gateway reaches it through ``backend`` (LocalState, the in-process default, or
+RedisState when ``[state] url`` is set):
 
 - ``url``: ``redis://``, ``rediss://``, ``unix://`` parsing, ``masked()`` for display;
 - ``client``: one pipelined RESP2 connection per process over ``hiredis.Reader``, every

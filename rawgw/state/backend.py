@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("rawgw.state")
 
 Header = tuple[bytes, bytes]
-# (seconds to wait: 0 allowed, None never fits; x-ratelimit-* headers; shared decision?)
+# (seconds to wait: 0 allowed, None never fits; x-ratelimit-* headers)
 Verdict = tuple[float | None, list[Header]]
 
 FLUSH_INTERVAL_S = 1.0
@@ -50,7 +50,6 @@ CLUSTER_WANTED_S = 60.0
 CLUSTER_WINDOW_S = 3600
 PROBE_TTL_MS = 30_000
 CLEAR_TIMEOUT_MS = 5000.0  # SCAN + UNLINK of the shared cache, from the admin API
-MODELS_PREFIX = b"models:"
 
 
 class LocalState:
@@ -86,9 +85,6 @@ class LocalState:
     # rate limits --------------------------------------------------------------------
     def peek(self, key: GatewayKey) -> list[Header]:
         return self.limiter.peek(key)
-
-    def reserve_local(self, key: GatewayKey, tokens: int) -> Verdict:
-        return self.limiter.reserve(key, tokens)
 
     async def reserve(self, key: GatewayKey, tokens: int) -> Verdict:
         return self.limiter.reserve(key, tokens)
@@ -130,6 +126,9 @@ class LocalState:
         """Cluster-wide counters of the last hour (None: in-process, or not known yet)."""
         return None
 
+    def want_cluster(self) -> None:
+        """A reader of the cluster counters came (/metrics.json, /health/providers)."""
+
     def metric_lines(self) -> list[str]:
         return []
 
@@ -153,8 +152,6 @@ class RedisState(LocalState):
         self.shared_limiter = SharedLimiter(self.client, config.prefix)
         self.state = SharedState(self.client, config.prefix)
         self.router: Router | None = None
-        # set by the gateway: drop the local response cache (another instance's admin cleared it)
-        self.on_cache_cleared: Callable[[], None] | None = None
         # key name -> clock() until which the key is known to be over its RPM limit
         self.denied: dict[str, float] = {}
         self.remaining: dict[str, list[Header]] = {}  # last shared x-ratelimit-* per key
@@ -166,7 +163,6 @@ class RedisState(LocalState):
         self._cluster_wanted = -CLUSTER_WANTED_S
         self._tasks: set[asyncio.Task[Any]] = set()
         self._flusher: asyncio.Task[None] | None = None
-        self._was_up = False
 
     # lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -454,8 +450,11 @@ class RedisState(LocalState):
                 self.errors += 1
 
     def cluster(self) -> dict[str, int] | None:
-        self._cluster_wanted = self.clock()
         return self._cluster
+
+    def want_cluster(self) -> None:
+        # flush() reads the cluster counters while this is recent (CLUSTER_WANTED_S)
+        self._cluster_wanted = self.clock()
 
     def metric_lines(self) -> list[str]:
         return [

@@ -29,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from rawgw.cache import MODELS_CACHE_PREFIX
 from rawgw.state.client import Arg, StateClient, StateReplyError
 
 __all__ = ["KEY_EVENT_KINDS", "KeyEvent", "SharedState"]
@@ -120,6 +121,7 @@ class SharedState:
         self.origin = origin or f"{os.getpid()}-{os.urandom(4).hex()}"
         self.channel = f"{prefix}key-events"
         self.states_key = "{" + prefix + "keys}"
+        self._cache_prefix = b"{" + prefix.encode() + b"cache}:"  # once, not per cached request
 
     # key events -------------------------------------------------------------------
     async def publish_key_event(
@@ -209,7 +211,7 @@ class SharedState:
     # response cache ---------------------------------------------------------------
     def cache_key(self, key: str | bytes) -> bytes:
         raw = key.encode() if isinstance(key, str) else key
-        return b"{" + self.prefix.encode() + b"cache}:" + raw
+        return self._cache_prefix + raw
 
     async def cache_get(self, key: str | bytes, *, timeout_ms: float | None = None) -> bytes | None:
         """The bytes stored under ``key`` or None (missing or expired).
@@ -228,7 +230,7 @@ class SharedState:
 
         SCAN, not KEYS: the server keeps serving everybody else while it runs."""
         pattern = b"{" + self.prefix.encode() + b"cache}:*"
-        models = self.cache_key(b"models:")  # model lists are not responses: they stay
+        models = self.cache_key(MODELS_CACHE_PREFIX)  # model lists are not responses: they stay
         cursor = b"0"
         removed = 0
         while True:
