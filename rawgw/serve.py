@@ -15,6 +15,7 @@ from rawgw.config import Config, ConfigError
 from rawgw.configfile import load_config
 from rawgw.errors import GatewayError
 from rawgw.http.date import http_date
+from rawgw.http.netloc import authority
 from rawgw.listen import ListenError
 from rawgw.server.connection import ClientConnection
 
@@ -70,8 +71,7 @@ class Server:
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"http://{authority(self.host, self.port)}"
 
     def reload(self, path: str) -> bool:
         """SIGHUP: a bad config is reported and the old one kept."""

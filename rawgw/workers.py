@@ -31,6 +31,7 @@ import tempfile
 import time
 
 from rawgw.config import Config, ConfigError
+from rawgw.http.netloc import authority
 from rawgw.listen import ListenError, announce_listening, reuseport_socket
 from rawgw.logsetup import setup_plain_logging
 
@@ -151,7 +152,7 @@ class _Supervisor:
             self.wait_all()
             return failed
         if not set(signal.sigpending()) & set(STOP_SIGNALS):  # asked to stop while starting: no line
-            announce_listening(f"http://{'[' + self.host + ']' if ':' in self.host else self.host}:{self.port}")
+            announce_listening(f"http://{authority(self.host, self.port)}")
             print(f"rawgw: {self.workers} workers share the port (SO_REUSEPORT)", file=sys.stderr, flush=True)
             for warning in self.config.warnings:  # once here, not once per worker
                 log.warning("%s", warning)

@@ -39,7 +39,7 @@ def head_violation(head: bytes | bytearray, start: int = 0) -> str | None:
         # RFC 9112 §5.2: obs-fold (and whitespace after the start line) is refused.
         return "obsolete line folding in request head"
     seg = head if start == 0 else head[start:]
-    if len(seg.translate(None, _CTL_BYTES)) != len(seg):  # ~3x faster than a regex search
+    if has_control(seg):
         # RFC 9110 §5.5: a lenient upstream or middlebox may split a line on these.
         return "control character in request head"
     return None
@@ -49,8 +49,10 @@ def head_violation(head: bytes | bytearray, start: int = 0) -> str | None:
 _CTL_BYTES = bytes([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
 
 
-def has_control(data: bytes) -> bool:
-    """True when ``data`` (field values, a reason phrase) holds a refused control character."""
+def has_control(data: bytes | bytearray) -> bool:
+    """True when ``data`` (field values, a reason phrase) holds a refused control character.
+
+    bytes.translate with a delete table: ~3x faster than a regex search."""
     return len(data.translate(None, _CTL_BYTES)) != len(data)
 
 

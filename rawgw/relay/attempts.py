@@ -307,7 +307,6 @@ class AttemptChain:
             conn.send_body(part)
         self.upload = conn
         conn.peer = self.client.flow  # the upstream's write buffer paces reading the client
-        self.client.send_continue()
         return fut
 
 

@@ -9,7 +9,6 @@ from rawgw.http.cors import Cors
 
 if TYPE_CHECKING:
     from rawgw.cache import ResponseCache
-    from rawgw.config import Provider
     from rawgw.observe.record import FailedAttempt, RequestRecord
     from rawgw.routing.router import Router
     from rawgw.state.backend import LocalState
@@ -22,7 +21,6 @@ Header = tuple[bytes, bytes]
 class ProviderLink:
     """How to reach one provider: computed once per config, never per request."""
 
-    provider: Provider
     authority: bytes  # the Host header value
     headers: tuple[Header, ...]  # configured extra upstream headers (lower-cased names)
     pool: OriginPool
@@ -40,7 +38,6 @@ class RelayConfig:
     response_drop_limited: frozenset[bytes]  # ... plus x-ratelimit-* for a limited gateway key
     cache: ResponseCache | None
     chat_logging: bool
-    request_timeout_s: float
     state: LocalState  # in-process, or shared on a state server (rawgw.state.backend)
 
 

@@ -378,9 +378,15 @@ class Exchange:
         )
 
     def _passable(self, upstream_headers: list[Header]) -> list[Header]:
-        """The upstream's end-to-end headers minus those the gateway sets itself."""
+        """The upstream's end-to-end headers minus those the gateway sets itself, plus the
+        provider's request id: the gateway's id stays X-Request-ID; the provider's is what
+        its support asks for."""
         cfg = self.cfg
-        return filter_headers(upstream_headers, cfg.response_drop_limited if self.inc.rate_headers else cfg.response_drop)
+        headers = filter_headers(upstream_headers, cfg.response_drop_limited if self.inc.rate_headers else cfg.response_drop)
+        rid = upstream_request_id(upstream_headers)
+        if rid is not None:
+            headers.append((b"x-upstream-request-id", rid))
+        return headers
 
     def _send_saved(self, head: h11.Response, body: bytes, provider: Provider) -> None:
         """Answer with an upstream response read earlier in the chain, unchanged."""
@@ -389,9 +395,6 @@ class Exchange:
         self.status = head.status_code
         self.response_headers = plain_headers(head.headers)
         headers = self._passable(self.response_headers)
-        rid = upstream_request_id(self.response_headers)
-        if rid is not None:
-            headers.append((b"x-upstream-request-id", rid))
         headers.extend(self._extras())
         self.bytes_out = len(body)
         self.error = f"every attempt failed; the last upstream answer ({head.status_code} from '{name}') was returned"
@@ -405,10 +408,6 @@ class Exchange:
         self.upstream = conn
         upstream_headers = plain_headers(head.headers)
         headers = self._passable(upstream_headers)
-        rid = upstream_request_id(upstream_headers)
-        if rid is not None:
-            # the gateway's id stays X-Request-ID; the provider's is what its support asks for
-            headers.append((b"x-upstream-request-id", rid))
         cl = get_header(upstream_headers, b"content-length")
         if cl is not None:
             # SPEC 6: the body passes unchanged, so its length stays.

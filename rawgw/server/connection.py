@@ -375,11 +375,10 @@ class ClientConnection(asyncio.Protocol):
             self._keepalive_armed = True
             self.timer = self.loop.call_at(self.idle_deadline, self._keepalive_timeout)
             return
-        if not self.in_flight:
-            if self._has_partial_request():
-                self._write_error_and_close(408, "request head not received in time")
-            else:
-                self.close()
+        if self._has_partial_request():
+            self._write_error_and_close(408, "request head not received in time")
+        else:
+            self.close()
 
     # ---- writing responses --------------------------------------------------
 

@@ -17,6 +17,7 @@ import socket
 import urllib.parse
 from dataclasses import dataclass, field
 
+from rawgw.http.netloc import authority
 from rawgw.upstream.connection import UpstreamError
 
 VERSION = 0x05
@@ -63,9 +64,8 @@ class SocksProxy:
     @property
     def label(self) -> str:
         """How errors and logs name the proxy: user, host and port, never the password."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
         user = urllib.parse.quote(self.username.decode("utf-8", "replace"), safe="") + "@" if self.username else ""
-        return f"{self.scheme}://{user}{host}:{self.port}"
+        return f"{self.scheme}://{user}{authority(self.host, self.port)}"
 
 
 def parse_proxy_url(url: str) -> SocksProxy | str:
@@ -247,8 +247,7 @@ async def open_tunnel(proxy: SocksProxy, host: str, port: int) -> socket.socket:
             await _recv_exactly(loop, sock, rest, "CONNECT")
     except SocksError as exc:
         sock.close()
-        shown = f"[{host}]" if ":" in host else host
-        raise UpstreamError("connect", f"SOCKS5 proxy {proxy.label} could not open {shown}:{port}: {exc}") from None
+        raise UpstreamError("connect", f"SOCKS5 proxy {proxy.label} could not open {authority(host, port)}: {exc}") from None
     except OSError as exc:
         sock.close()
         raise UpstreamError("connect", f"SOCKS5 proxy {proxy.label}: {exc.strerror or exc}") from None
