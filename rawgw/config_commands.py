@@ -15,8 +15,6 @@ import os
 import sys
 from typing import Any, Final
 
-import tomli_w
-
 from rawgw.config import (
     Config,
     ConfigError,
@@ -25,12 +23,12 @@ from rawgw.config import (
     mask_keys,
 )
 from rawgw.configfile import load_config
+from rawgw.importing.run import GENERATE_KEY
 from rawgw.presets import PRESETS
 
 __all__ = ["cmd_check", "cmd_import", "cmd_init"]
 
 _NOT_FOUND_HINT: Final = "create one with `rawgw init`, or try rawgw without one: `rawgw demo`"
-_GENERATE_KEY: Final = "$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')"
 
 
 def _err(message: str) -> None:
@@ -184,18 +182,6 @@ _INIT_FOOTER: Final = """
 """
 
 
-def _sections_toml(doc: dict[str, Any]) -> str:
-    """TOML with every top-level entry a table: ``[[keys]]`` rather than tomli_w's inline
-    ``keys = [...]``, which a user's ``[server]`` added above it would turn into server.keys."""
-    parts: list[str] = []
-    for name, value in doc.items():
-        if isinstance(value, list):
-            parts.extend(f"[[{name}]]\n" + tomli_w.dumps(item) for item in value)
-        else:
-            parts.append(tomli_w.dumps({name: value}))
-    return "\n".join(parts)
-
-
 def cmd_init(path: str = "gateway.toml", force: bool = False, provider: str = "openrouter") -> int:
     """Write a starter config for one preset provider; an existing file is only replaced with ``force``."""
     preset = PRESETS.get(provider)
@@ -205,7 +191,9 @@ def cmd_init(path: str = "gateway.toml", force: bool = False, provider: str = "o
     if os.path.exists(path) and not force:
         _err(f"rawgw init: {path} already exists; use --force to overwrite it")
         return 1
-    text = _init_header(provider) + _sections_toml(starter_config(provider)) + _INIT_FOOTER
+    from rawgw.importing.merge import dump_toml  # [[keys]] tables, as the import writes them
+
+    text = _init_header(provider) + dump_toml(starter_config(provider)) + _INIT_FOOTER
     try:
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(text)
@@ -215,7 +203,7 @@ def cmd_init(path: str = "gateway.toml", force: bool = False, provider: str = "o
     print(f"wrote {path}")
     print("next, set the secrets it reads from the environment, check it and start the gateway:")
     print(f"  export {preset.env}={preset.key_hint}".ljust(42) + f"# your {provider} key")
-    print(f"  export GATEWAY_API_KEY={_GENERATE_KEY}   # the key your clients will send")
+    print(f"  export GATEWAY_API_KEY={GENERATE_KEY}   # the key your clients will send")
     print(f"  rawgw check -c {path}")
     print(f"  rawgw serve -c {path}")
     print("then:")

@@ -117,8 +117,9 @@ async def test_config_is_masked(setup: tuple[AdminAPI, FakeCtx, Path]) -> None:
         assert secret not in text
     assert doc["keys"][0] == {
         "name": "root", "key": "…8b7a", "admin": True, "providers": [], "models": [], "rate_limit_rpm": 0, "rate_limit_burst": 0,
+        "rate_limit_tpm": 0,
     }  # fmt: skip
-    assert doc["providers"]["openrouter"]["proxy"] == "http://u:…@127.0.0.1:3128"
+    assert doc["providers"]["openrouter"]["proxy"] == "http://u:***@127.0.0.1:3128"  # as `rawgw check` masks URLs
     assert doc["providers"]["openrouter"]["headers"] == {"X-Secret": "…"}
 
 

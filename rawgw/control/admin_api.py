@@ -45,7 +45,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
-from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote
 
 import orjson
 
@@ -54,6 +54,7 @@ from rawgw.configfile import load_config
 from rawgw.control import overlay
 from rawgw.errors import GatewayError
 from rawgw.http.reply import Reply
+from rawgw.state.url import mask_url
 
 KEY_PREFIX: Final = "rgw_"
 WINDOWS: Final = {"hour": 3600.0, "1h": 3600.0, "day": 86400.0, "24h": 86400.0}
@@ -115,25 +116,9 @@ class AuditLog:
 # --------------------------------------------------------------------------- views (masked)
 
 
-def _mask_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:…@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
 def key_view(k: GatewayKey, origin: str | None = None) -> dict[str, Any]:
-    view: dict[str, Any] = {
-        "name": k.name,
-        "key": mask_key(k.key),
-        "admin": k.admin,
-        "providers": list(k.providers),
-        "models": list(k.models),
-        "rate_limit_rpm": k.rate_limit_rpm,
-        "rate_limit_burst": k.rate_limit_burst,
-    }
+    view = dataclasses.asdict(k)  # every field, so a new one (rate_limit_tpm) is not forgotten
+    view["key"] = mask_key(k.key)
     if origin is not None:
         view["origin"] = origin
     return view
@@ -152,7 +137,7 @@ def provider_view(p: Provider) -> dict[str, Any]:
     view["keys"] = [mask_key(k) for k in p.keys]
     # header values may be credentials of their own (x-goog-api-key ...): names only
     view["headers"] = {name: "…" for name, _ in p.headers}
-    view["proxy"] = _mask_url(p.proxy) if p.proxy else ""
+    view["proxy"] = mask_url(p.proxy) if p.proxy else ""
     return view
 
 

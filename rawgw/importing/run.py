@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Final
+from typing import Final
 
 import orjson
 
@@ -43,7 +43,8 @@ def cmd_import(files: list[str], out: str | None) -> int:
     data = merge.to_toml_data()
     known = {name: e.value for name, e in merge.exports.items() if e.value is not None}
     try:
-        parse_config(_deep_copy(data), env=CheckEnv(known), **_check_options())
+        # stand-ins cannot have a vendor's key prefix: `rawgw check` checks the real keys later
+        parse_config(data, env=CheckEnv(known), key_formats=False)
     except ConfigError as exc:
         _err("rawgw import: the converted config would not load:")
         for line in exc.errors:
@@ -82,17 +83,6 @@ def cmd_import(files: list[str], out: str | None) -> int:
         print(f"note: {note}")
     print(f"then: rawgw check -c {out_path}")
     return 0
-
-
-def _check_options() -> dict[str, Any]:
-    """Skip vendor key-prefix checks: the check runs on stand-in values, and `rawgw check`
-    checks the real keys later."""
-    return {"key_formats": False}
-
-
-def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
-    copied: dict[str, Any] = orjson.loads(orjson.dumps(data))
-    return copied
 
 
 def import_file(path: str, merge: Merge) -> str:
