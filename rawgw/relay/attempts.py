@@ -221,7 +221,9 @@ class AttemptChain:
             self.t_head = perf_counter()
             status = head.status_code
             now = time.time()
-            headers = plain_headers(head.headers)
+            # only a 4xx/5xx answer's headers matter here (Retry-After, cooldown): a 2xx head
+            # goes on to the exchange, which reads its headers once
+            headers = plain_headers(head.headers) if status >= 400 else []
             policy.account(pool, key, status, headers, now)
             self._probed(provider)
             if policy.moves_on(status) and not self.client_gone:
