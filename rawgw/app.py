@@ -20,7 +20,7 @@ from typing import Any
 
 import h11
 
-from rawgw import __version__
+from rawgw import __version__, gctune
 from rawgw.cache import ResponseCache
 from rawgw.config import Config, GatewayKey
 from rawgw.endpoints import local
@@ -135,6 +135,7 @@ class Gateway:
         self.recorder.reconfigure(config)
         self._apply(config)
         self.control.configure(config)
+        gctune.settle()
 
     # ---- dispatch (server.connection.Handler) -------------------------------
 

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from typing import cast
 
+from rawgw import gctune
 from rawgw.app import Gateway
 from rawgw.config import Config, ConfigError
 from rawgw.configfile import load_config
@@ -160,6 +161,7 @@ async def serve_forever(
         announce(server)
     for warning in config.warnings if config_path is not None and log_warnings else ():
         log.warning("%s", warning)
+    gctune.enable()
     await stop
     await server.shutdown()
     return 0

@@ -11,6 +11,12 @@ if h11 changes any of them).
   the server leg drops header fields with "_" in their names and rewrites an
   absolute-form target in place, so the request the gateway dispatches is the one
   h11 parsed (no second validation pass).
+- ``ServerConnection`` overrides ``Connection._clean_up_response_headers_for_sending``
+  (and reads ``_request_method``, ``_cstate.keep_alive``, ``_body_framing``): h11's own
+  version rebuilds every response it sends without ``_parsed``, i.e. runs its header
+  regexes once more over every head (three times for a chunked one). Ours takes the
+  same decisions on the already-validated head; tests/test_h11compat.py checks that
+  both write the same bytes for every framing, method, version and keep-alive case.
 - ``Connection._reader`` / ``_writer`` types (h11's body framing decision),
   ``_receive_buffer._extract`` and ``_process_event``: the body relay forwards body
   bytes without h11 (``rawgw.http.body``) while h11 keeps owning heads and the
@@ -25,13 +31,53 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import h11
-from h11._headers import Headers
+from h11._connection import _body_framing
+from h11._headers import Headers, get_comma_header
 from h11._readers import ChunkedReader, ContentLengthReader
 from h11._writers import ChunkedWriter, ContentLengthWriter
 
 from rawgw.http.body import CHUNKED, CLOSE, LENGTH
 
 Header = tuple[bytes, bytes]
+
+
+class ServerConnection(h11.Connection):
+    """h11's server side; the response head's framing clean-up without re-validation."""
+
+    def _clean_up_response_headers_for_sending(self, response: h11.Response) -> h11.Response:
+        # h11's decisions, step by step (see h11._connection): HEAD answers carry the
+        # GET framing headers; an unknown-length body is chunked to an HTTP/1.1 peer
+        # and close-delimited (no framing headers) otherwise; Connection: close when
+        # the connection will not be kept alive. Changed fields go to the end, in
+        # h11's order and title case.
+        method = self._request_method
+        framing, _ = _body_framing(b"GET" if method == b"HEAD" else method, response)  # type: ignore[arg-type]
+        items: list[Header] | None = None
+        need_close = False
+        if framing == "chunked" or framing == "http/1.0":
+            items = [(raw, v) for raw, low, v in response.headers._full_items if low != b"content-length" and low != b"transfer-encoding"]
+            their = self.their_http_version
+            if their is None or their < b"1.1":
+                need_close = method != b"HEAD"
+            else:
+                items.append((b"Transfer-Encoding", b"chunked"))
+        if not self._cstate.keep_alive or need_close:
+            connection = set(get_comma_header(response.headers, b"connection"))
+            connection.discard(b"keep-alive")
+            connection.add(b"close")
+            if items is None:
+                items = [(raw, v) for raw, _, v in response.headers._full_items]
+            items = [(raw, v) for raw, v in items if raw.lower() != b"connection"]
+            items.extend((b"Connection", v) for v in sorted(connection))
+        if items is None:
+            return response  # nothing to change: h11 would rebuild the same head
+        return h11.Response(
+            headers=items,
+            status_code=response.status_code,
+            http_version=response.http_version,
+            reason=response.reason,
+            _parsed=True,
+        )
 
 
 def trusted_request(method: bytes, target: bytes, headers: list[Header]) -> h11.Request:

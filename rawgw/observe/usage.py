@@ -21,6 +21,32 @@ USAGE = b'"usage"'
 _TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[{}]', re.S)
 
 
+def _usage_at(data: bytes, start: int) -> object:
+    """The JSON value of the object at ``data[start] == '{'``, or None.
+
+    A JSON object ends where its own text says, so a slice from ``start`` that parses
+    is that object: try the first ``}`` at which the braces balance (one C-level
+    ``find``/``count`` each; a usage object is flat or nested one level deep), and
+    scan tokens only when that fails (a brace inside a string).
+    """
+    end = data.find(b"}", start)
+    while end > 0:
+        piece = data[start : end + 1]
+        if piece.count(b"{") == piece.count(b"}"):
+            try:
+                return orjson.loads(piece)
+            except orjson.JSONDecodeError:
+                break
+        end = data.find(b"}", end + 1)
+    obj = _object_at(data, start)
+    if obj is None:
+        return None
+    try:
+        return orjson.loads(obj)
+    except orjson.JSONDecodeError:
+        return None
+
+
 def _object_at(data: bytes, start: int) -> bytes | None:
     """The balanced JSON object starting at ``data[start] == '{'`` (strings respected)."""
     depth = 0
@@ -46,13 +72,7 @@ def extract_usage(tail: bytes) -> tuple[int, int] | None:
         brace = tail.find(b"{", pos + len(USAGE))
         if brace < 0 or tail[pos + len(USAGE) : brace].strip(b" \t\r\n:") != b"":
             continue
-        obj = _object_at(tail, brace)
-        if obj is None:
-            continue
-        try:
-            usage = orjson.loads(obj)
-        except orjson.JSONDecodeError:
-            continue
+        usage = _usage_at(tail, brace)
         if not isinstance(usage, dict):
             continue
         p = usage.get("prompt_tokens", usage.get("input_tokens"))

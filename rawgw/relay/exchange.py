@@ -123,7 +123,7 @@ class Exchange:
     def start(self) -> None:
         self.client.sink = self
         self.client.send_continue()
-        self.task = asyncio.get_running_loop().create_task(self.run())
+        self.task = self.client.loop.create_task(self.run())  # not get_running_loop(): a getpid(2) each
 
     # ---- client leg (server.connection.Sink) --------------------------------
 

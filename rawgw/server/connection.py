@@ -18,7 +18,15 @@ from rawgw.errors import REASONS, GatewayError
 from rawgw.http.body import CHUNKED, LENGTH, Raw
 from rawgw.http.date import http_date
 from rawgw.http.flow import FlowControl
-from rawgw.http.h11compat import body_sent_raw, full_items, replace_headers, replace_target, trusted_response, writer_framing
+from rawgw.http.h11compat import (
+    ServerConnection,
+    body_sent_raw,
+    full_items,
+    replace_headers,
+    replace_target,
+    trusted_response,
+    writer_framing,
+)
 from rawgw.http.strict import ChunkLines, chunked_not_final, head_violation, valid_host
 from rawgw.http.tcp import set_nodelay
 
@@ -68,7 +76,7 @@ class ClientConnection(asyncio.Protocol):
         self.config = server
         self.registry = registry
         self.loop = asyncio.get_running_loop()
-        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=server.max_header_bytes)
+        self.h11 = ServerConnection(h11.SERVER, max_incomplete_event_size=server.max_header_bytes)
         self.transport: asyncio.Transport | None = None
         self.sink: Sink | None = None
         self.timer: asyncio.TimerHandle | None = None
