@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ab import BENCH, cpu_s, start  # noqa: E402
+from ab import BENCH, cpu_s, start
 
 FIELDS = ("us_per_event", "ttfe_p50_ms", "ttfe_p99_ms", "delay_p99_ms", "coalesced_pct", "exact_pct")
 
