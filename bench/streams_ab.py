@@ -45,13 +45,16 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=100)
     ap.add_argument("--interval-ms", type=float, default=10.0)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--upstream-host", default="127.0.0.1", help="the mock's name in base_url (localhost: each new connection resolves it)")
+    ap.add_argument("--pool-idle-s", type=float, default=None, help="providers' pool_idle_s (0.5: every burst opens its upstream connections anew)")
     args = ap.parse_args()
     mock, mport = start([sys.executable, str(BENCH / "mock_upstream.py"), "--port", "0"], str(BENCH), 1)
     cfg = Path("/tmp/rawgw-streams-ab.toml")
     cfg.write_text(
         f'[server]\nport = 0\n[[keys]]\nkey = "bench-key"\nname = "bench"\n[providers.mock]\ntype = "openai"\n'
-        f'base_url = "http://127.0.0.1:{mport}/v1"\nkeys = ["sk-bench-upstream"]\nmax_connections = 4096\n'
-        "[logging]\naccess = false\nerrors = false\n"
+        f'base_url = "http://{args.upstream_host}:{mport}/v1"\nkeys = ["sk-bench-upstream"]\nmax_connections = 4096\n'
+        + (f"pool_idle_s = {args.pool_idle_s}\n" if args.pool_idle_s is not None else "")
+        +         "[logging]\naccess = false\nerrors = false\n"
     )
     trees = {"before": args.before, "after": args.after}
     gws = {name: start([sys.executable, "-m", "rawgw", "serve", "-c", str(cfg), "--log-level", "warning"], tree, 0) for name, tree in trees.items()}
@@ -67,7 +70,10 @@ def main() -> int:
             r = burst(mport, args)
             r["us_per_event"] = round((cpu_s(mock.pid) - c0) / max(r["events"], 1) * 1e6, 2)
             results["direct"].append(r)
-        print(f"{args.streams} streams x {args.events} events at {args.interval_ms} ms, medians of {args.reps} (direct: the mock's CPU)")
+        print(
+            f"{args.streams} streams x {args.events} events at {args.interval_ms} ms, upstream {args.upstream_host}, "
+            f"pool_idle_s {args.pool_idle_s}, medians of {args.reps} (direct: the mock's CPU)"
+        )
         print(f"{'target':8s}" + "".join(f"{f:>15s}" for f in FIELDS))
         for name, rs in results.items():
             med = [sorted(r[f] for r in rs)[len(rs) // 2] for f in FIELDS]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from rawgw.http.netloc import authority
 from rawgw.upstream.connection import UpstreamConnection, UpstreamError
+from rawgw.upstream.resolve import Resolver
 from rawgw.upstream.socks import SocksProxy, open_tunnel, parse_proxy_url
 
 _tls_context: ssl.SSLContext | None = None
@@ -63,6 +64,7 @@ class OriginPool:
         socks = parse_proxy_url(origin.proxy) if origin.proxy.lower().startswith("socks5") else None
         self.socks: SocksProxy | None = socks if isinstance(socks, SocksProxy) else None
         self.via = f" via SOCKS5 proxy {self.socks.label}" if self.socks is not None else ""
+        self.resolver = Resolver(origin.host, origin.port)  # direct connects only (a proxy resolves for itself)
 
     @property
     def size(self) -> int:
@@ -120,8 +122,21 @@ class OriginPool:
 
         tls = tls_context() if o.scheme == "https" else None
         if not o.proxy:
-            _, proto = await loop.create_connection(factory, o.host, o.port, ssl=tls, server_hostname=o.host if tls else None)
-            return proto
+            # Addresses from the origin's shared lookup (rawgw.upstream.resolve), tried in
+            # the resolver's order like create_connection would; TLS checks the host name.
+            error: OSError | None = None
+            for _, ip, port in await self.resolver.addresses():
+                try:
+                    _, proto = await loop.create_connection(factory, ip, port, ssl=tls, server_hostname=o.host if tls else None)
+                except ssl.SSLError:
+                    raise
+                except OSError as exc:
+                    error = exc
+                    continue
+                return proto
+            self.resolver.forget()
+            assert error is not None
+            raise error
         if self.socks is not None:
             sock = await open_tunnel(self.socks, o.host, o.port)
             try:
