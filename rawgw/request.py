@@ -9,6 +9,7 @@ are the gateway's own headers on every answer (SPEC 6).
 from __future__ import annotations
 
 import os
+import random
 from time import perf_counter
 from typing import TYPE_CHECKING
 
@@ -29,32 +30,16 @@ def valid_request_id(value: bytes | None) -> bool:
     return value is not None and 0 < len(value) <= 128 and all(0x21 <= c <= 0x7E for c in value)
 
 
-class _RequestIds:
-    """24 hex digits: 16 random per process (drawn again in a forked child), 8 counted.
-
-    Unique without a ``getrandom`` syscall per request (os.urandom was one).
-    """
-
-    __slots__ = ("n", "prefix")
-
-    def __init__(self) -> None:
-        self.reseed()
-
-    def reseed(self) -> None:
-        self.prefix = os.urandom(8).hex().encode()
-        self.n = 0
-
-    def next(self) -> bytes:
-        n = self.n = self.n + 1
-        if n > 0xFFFFFFFF:
-            self.reseed()
-            n = self.n = 1
-        return b"%s%08x" % (self.prefix, n)
+# Request ids: 96 random bits as 24 hex digits, from a per-process generator seeded by
+# os.urandom (drawn again in a forked child). Not os.urandom per request: that was a
+# getrandom(2) each. Not a counter: consecutive ids would tell any client how many
+# requests the gateway served in between.
+_ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)
 
 
-_IDS = _RequestIds()
-os.register_at_fork(after_in_child=_IDS.reseed)
-new_request_id = _IDS.next
+def new_request_id() -> bytes:
+    return b"%024x" % _ids.getrandbits(96)
 
 
 class Incoming:

@@ -316,3 +316,25 @@ def test_available_does_not_advance_the_round_robin() -> None:
     assert pool.available(NOW) == ["b", "a"]
     assert pool.order()[0] == "b"
 
+
+
+def test_request_ids_are_random_and_not_shared_with_a_forked_child() -> None:
+    """24 hex digits; consecutive ids do not count up (they would tell a client the
+    gateway's traffic), and a forked worker draws its own sequence."""
+    import os
+
+    from rawgw.request import new_request_id
+
+    a, b = new_request_id(), new_request_id()
+    assert len(a) == 24 and int(a, 16) >= 0 and a != b
+    assert a[:16] != b[:16]  # a counter behind a fixed prefix would keep these equal
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: write its next id and leave without pytest's teardown
+        os.write(w, new_request_id())
+        os._exit(0)
+    os.close(w)
+    child = os.read(r, 64)
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert child != new_request_id() and len(child) == 24
