@@ -338,3 +338,24 @@ def test_request_ids_are_random_and_not_shared_with_a_forked_child() -> None:
     os.close(r)
     os.waitpid(pid, 0)
     assert child != new_request_id() and len(child) == 24
+
+
+@pytest.mark.parametrize("bad", [b"inf", b"nan", b"-5", b"1e9", b"1_000", b"+3", b"soon", b""])
+def test_retry_after_that_is_not_delta_seconds_or_a_date_is_ignored(bad: bytes) -> None:
+    """float() would take 'inf' (a key resting forever) or '-5': both parsers refuse them
+    and fall back (the next cooldown source, or the provider's own cooldown)."""
+    from rawgw.routing.policy import retry_after
+
+    assert retry_after([(b"retry-after", bad)], NOW) is None
+    assert cooldown_from_headers([(b"retry-after", bad)], NOW) is None
+    assert cooldown_from_headers([(b"retry-after", bad), (b"x-ratelimit-reset-requests", b"20s")], NOW) == 20.0
+
+
+def test_retry_after_forms_both_parsers_accept() -> None:
+    from email.utils import formatdate
+
+    from rawgw.routing.policy import retry_after
+
+    for value, want in ((b"12", 12.0), (b" 7 ", 7.0), (b"1.5", 1.5), (formatdate(NOW + 30, usegmt=True).encode(), 30.0), (formatdate(NOW - 30, usegmt=True).encode(), 0.0)):
+        assert retry_after([(b"retry-after", value)], NOW) == pytest.approx(want)
+        assert cooldown_from_headers([(b"retry-after", value)], NOW) == pytest.approx(want)

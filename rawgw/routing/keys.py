@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 # A state change worth telling other processes (issue 12): (kind, key index or -1 for the
@@ -270,6 +270,25 @@ def parse_duration(text: str) -> float | None:
     return total
 
 
+_DELTA_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+
+
+def parse_retry_after(text: str, now: float) -> float | None:
+    """RFC 9110 §10.2.3 ``Retry-After``: delta-seconds (a fraction tolerated) or an
+    HTTP date, as seconds from ``now``; None when it is neither. Strict on purpose:
+    Python's float() would take ``inf`` (a key resting forever), ``nan``, ``-5``, ``1e9``."""
+    text = text.strip()
+    if _DELTA_SECONDS.fullmatch(text):
+        return float(text)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT; "-0000" parses as naive
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now)
+
+
 def cooldown_from_headers(headers: Iterable[tuple[bytes, bytes]], now: float) -> float | None:
     """SPEC 8 cooldown sources, first found wins; None when none is usable."""
     found: dict[bytes, str] = {}
@@ -278,14 +297,9 @@ def cooldown_from_headers(headers: Iterable[tuple[bytes, bytes]], now: float) ->
             found[name] = value.decode("latin-1").strip()
     ra = found.get(b"retry-after")
     if ra:
-        try:
-            return max(0.0, float(ra))
-        except ValueError:
-            try:
-                when = parsedate_to_datetime(ra)
-                return max(0.0, when.timestamp() - now)
-            except (TypeError, ValueError, IndexError):
-                pass
+        rest = parse_retry_after(ra, now)
+        if rest is not None:
+            return rest
     for name in (b"x-ratelimit-reset-requests", b"x-ratelimit-reset-tokens"):
         v = found.get(name)
         if v:

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING
 
 from rawgw.errors import GatewayError, retry_after_header
-from rawgw.routing.keys import KeyPool, KeyState
+from rawgw.routing.keys import KeyPool, KeyState, parse_retry_after
 
 if TYPE_CHECKING:
     from rawgw.config import Provider
@@ -82,15 +81,7 @@ def retry_after(headers: Iterable[Header], now: float) -> float | None:
     """RFC 9110 §10.2.3: ``Retry-After`` as delta-seconds or an HTTP date; None if absent or bad."""
     for name, value in headers:
         if name == b"retry-after":
-            text = value.decode("latin-1").strip()
-            try:
-                return max(0.0, float(text))
-            except ValueError:
-                pass
-            try:
-                return max(0.0, parsedate_to_datetime(text).timestamp() - now)
-            except (TypeError, ValueError, IndexError):
-                return None
+            return parse_retry_after(value.decode("latin-1"), now)
     return None
 
 
