@@ -37,6 +37,23 @@ def start(cmd: list[str], cwd: str, cpu: int) -> tuple[subprocess.Popen[str], in
     return p, int(re.search(r":(\d+)", line.split("http://")[1]).group(1))  # type: ignore[union-attr]
 
 
+def write_config(path: Path, mport: int, log_dir: str | None = None, provider_extra: str = "", host: str = "127.0.0.1") -> Path:
+    """The bench gateway's config: key ``bench-key``, one provider ``mock`` on the mock
+    ``host``:``mport``; logs off unless ``log_dir`` is given."""
+    logging = f'[logging]\ndir = "{log_dir}"\naccess = true\nerrors = true\n' if log_dir else "[logging]\naccess = false\nerrors = false\n"
+    path.write_text(
+        f'[server]\nport = 0\n[[keys]]\nkey = "bench-key"\nname = "bench"\n[providers.mock]\ntype = "openai"\n'
+        f'base_url = "http://{host}:{mport}/v1"\nkeys = ["sk-bench-upstream"]\nmax_connections = 4096\n{provider_extra}{logging}'
+    )
+    return path
+
+
+def stop(procs: list[subprocess.Popen[str]], mock: subprocess.Popen[str]) -> None:
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    mock.terminate()
+
+
 def cpu_s(pid: int) -> float:
     f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
@@ -75,12 +92,7 @@ def main() -> int:
     ap.add_argument("--log", action="store_true", help="access and error logs on (to a temporary directory)")
     args = ap.parse_args()
     mock, mport = start([sys.executable, str(BENCH / "mock_upstream.py"), "--port", "0"], str(BENCH), 1)
-    cfg = Path("/tmp/rawgw-ab.toml")
-    cfg.write_text(
-        f'[server]\nport = 0\n[[keys]]\nkey = "bench-key"\nname = "bench"\n[providers.mock]\ntype = "openai"\n'
-        f'base_url = "http://127.0.0.1:{mport}/v1"\nkeys = ["sk-bench-upstream"]\nmax_connections = 1024\n'
-        + (f'[logging]\ndir = "{tempfile.mkdtemp(prefix="rawgw-ab-")}"\naccess = true\nerrors = true\n' if args.log else "[logging]\naccess = false\nerrors = false\n")
-    )
+    cfg = write_config(Path("/tmp/rawgw-ab.toml"), mport, tempfile.mkdtemp(prefix="rawgw-ab-") if args.log else None)
     trees = {"before": args.before, "after": args.after}
     gws = {name: start([sys.executable, "-m", "rawgw", "serve", "-c", str(cfg), "--log-level", "warning"], tree, 0) for name, tree in trees.items()}
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in trees}
@@ -107,9 +119,7 @@ def main() -> int:
                     print(f"  {pct:5.1f}%  {fn}")
                 loader.wait()
     finally:
-        for p, _ in gws.values():
-            p.send_signal(signal.SIGTERM)
-        mock.terminate()
+        stop([p for p, _ in gws.values()], mock)
     return 0
 
 

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ab import BENCH, start
+from ab import BENCH, start, stop, write_config
 
 WRAPPER = r'''
 import gc, signal, sys, time
@@ -64,11 +64,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="rawgw-gc-"))
     (tmp / "wrap.py").write_text(WRAPPER)
     mock, mport = start([sys.executable, str(BENCH / "mock_upstream.py"), "--port", "0"], str(BENCH), 1)
-    cfg = tmp / "gw.toml"
-    cfg.write_text(
-        f'[server]\nport = 0\n[[keys]]\nkey = "bench-key"\nname = "bench"\n[providers.mock]\ntype = "openai"\n'
-        f'base_url = "http://127.0.0.1:{mport}/v1"\nkeys = ["sk-bench-upstream"]\nmax_connections = 4096\n[logging]\naccess = false\nerrors = false\n'
-    )
+    cfg = write_config(tmp / "gw.toml", mport)
     gws = {}
     for mode in ("default", "tuned"):
         out = tmp / f"{mode}.txt"
@@ -89,9 +85,7 @@ def main() -> int:
                 counts = " ".join(f"gen{g} {c}" for g, (c, _) in stats.items())
                 print(f"{mode:8s} {what}: {n:7d} {unit}s  collections {counts}  GC {ms:7.1f} ms = {ms * 1000 / max(n, 1):.2f} µs/{unit}")
     finally:
-        for p, _, _ in gws.values():
-            p.send_signal(signal.SIGTERM)
-        mock.terminate()
+        stop([p for p, _, _ in gws.values()], mock)
     return 0
 
 

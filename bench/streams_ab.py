@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ab import BENCH, cpu_s, start
+from ab import BENCH, cpu_s, start, stop, write_config
 
 FIELDS = ("us_per_event", "ttfe_p50_ms", "ttfe_p99_ms", "delay_p99_ms", "coalesced_pct", "exact_pct")
 
@@ -49,13 +48,8 @@ def main() -> int:
     ap.add_argument("--pool-idle-s", type=float, default=None, help="providers' pool_idle_s (0.5: every burst opens its upstream connections anew)")
     args = ap.parse_args()
     mock, mport = start([sys.executable, str(BENCH / "mock_upstream.py"), "--port", "0"], str(BENCH), 1)
-    cfg = Path("/tmp/rawgw-streams-ab.toml")
-    cfg.write_text(
-        f'[server]\nport = 0\n[[keys]]\nkey = "bench-key"\nname = "bench"\n[providers.mock]\ntype = "openai"\n'
-        f'base_url = "http://{args.upstream_host}:{mport}/v1"\nkeys = ["sk-bench-upstream"]\nmax_connections = 4096\n'
-        + (f"pool_idle_s = {args.pool_idle_s}\n" if args.pool_idle_s is not None else "")
-        +         "[logging]\naccess = false\nerrors = false\n"
-    )
+    idle = f"pool_idle_s = {args.pool_idle_s}\n" if args.pool_idle_s is not None else ""
+    cfg = write_config(Path("/tmp/rawgw-streams-ab.toml"), mport, provider_extra=idle, host=args.upstream_host)
     trees = {"before": args.before, "after": args.after}
     gws = {name: start([sys.executable, "-m", "rawgw", "serve", "-c", str(cfg), "--log-level", "warning"], tree, 0) for name, tree in trees.items()}
     results: dict[str, list[dict]] = {name: [] for name in (*trees, "direct")}  # type: ignore[type-arg]
@@ -81,9 +75,7 @@ def main() -> int:
         for name, rs in results.items():
             print(name, "runs:", [tuple(r[f] for f in FIELDS) for r in rs])
     finally:
-        for p, _ in gws.values():
-            p.send_signal(signal.SIGTERM)
-        mock.terminate()
+        stop([p for p, _ in gws.values()], mock)
     return 0
 
 

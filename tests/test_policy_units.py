@@ -359,3 +359,17 @@ def test_retry_after_forms_both_parsers_accept() -> None:
     for value, want in ((b"12", 12.0), (b" 7 ", 7.0), (b"1.5", 1.5), (formatdate(NOW + 30, usegmt=True).encode(), 30.0), (formatdate(NOW - 30, usegmt=True).encode(), 0.0)):
         assert retry_after([(b"retry-after", value)], NOW) == pytest.approx(want)
         assert cooldown_from_headers([(b"retry-after", value)], NOW) == pytest.approx(want)
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b'{"usage":{"prompt_tokens":2,"completion_tokens":3}}',
+        b'{"usage":{"prompt_tokens":2,"details":{"cached_tokens":1},"completion_tokens":3}}',
+        b'{"usage":{"a":{"b":{"c":{"d":{"e":{}}}}},"prompt_tokens":2,"completion_tokens":3}}',  # past the fast tries
+        b'{"usage":{"note":"}","prompt_tokens":2,"completion_tokens":3}}',  # a brace in a string
+        b'{"usage":{"note":"' + b"{" * 500 + b'","prompt_tokens":2,"completion_tokens":3}}',
+    ],
+)
+def test_usage_object_found_by_the_fast_path_or_the_scanner(tail: bytes) -> None:
+    assert extract_usage(tail) == (2, 3)

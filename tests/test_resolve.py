@@ -168,5 +168,5 @@ async def test_pool_tries_the_next_address_and_forgets_an_answer_that_all_failed
     with pytest.raises(UpstreamError) as err:
         await pool.acquire(5.0)
     assert err.value.message.startswith(f"cannot connect to gw.example:{port}: ")
-    assert pool.resolver.addresses_ == [] and lookups.calls == 2
+    assert pool.resolver.answer == [] and lookups.calls == 2
     server.close()

@@ -505,3 +505,31 @@ async def test_pool_keyed_by_proxy_too(start_gateway: StartGateway, mock_upstrea
     assert tunnelled.conn.peer is not None and first.conn.peer is not None
     await dante.wait_line(f"-> 127.0.0.1.{tunnelled.conn.peer[1]} 127.0.0.1.{mock_upstream.port}")
     assert f"-> 127.0.0.1.{first.conn.peer[1]} " not in dante.log.read_text()
+
+
+async def test_socks5_burst_resolves_target_and_proxy_once(mock_upstream: MockUpstream, dante: SocksServer) -> None:
+    """socks5:// resolves the upstream's name here: a burst of new tunnels shares one
+    lookup of it and one of the proxy's name (rawgw.upstream.resolve)."""
+    from rawgw.upstream.pool import Origin, OriginPool
+    from rawgw.upstream.resolve import Address
+
+    pool = OriginPool(Origin("http", "localhost", mock_upstream.port, f"socks5://localhost:{dante.port}"), 50, 30.0, 65536)
+    asked: list[str] = []
+
+    def counting(real):  # type: ignore[no-untyped-def]
+        async def lookup(host: str, port: int) -> list[Address]:
+            asked.append(host)
+            return [a for a in await real(host, port) if a[0] == socket.AF_INET]  # both listen on 127.0.0.1
+
+        return lookup
+
+    assert pool.proxy_resolver is not None
+    pool.resolver.lookup = counting(pool.resolver.lookup)
+    pool.proxy_resolver.lookup = counting(pool.proxy_resolver.lookup)
+    conns = await asyncio.gather(*[pool.acquire(10.0) for _ in range(8)])
+    try:
+        assert sorted(asked) == ["localhost", "localhost"]  # one for the target, one for the proxy
+        assert len({id(c) for c in conns}) == 8
+    finally:
+        for c in conns:
+            c.abort()

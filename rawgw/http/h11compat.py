@@ -52,25 +52,26 @@ class ServerConnection(h11.Connection):
         # h11's order and title case.
         method = self._request_method
         framing, _ = _body_framing(b"GET" if method == b"HEAD" else method, response)  # type: ignore[arg-type]
-        items: list[Header] | None = None
+        drop: tuple[bytes, ...] = ()
+        added: list[Header] = []
         need_close = False
         if framing == "chunked" or framing == "http/1.0":
-            items = [(raw, v) for raw, low, v in response.headers._full_items if low != b"content-length" and low != b"transfer-encoding"]
+            drop = (b"content-length", b"transfer-encoding")
             their = self.their_http_version
             if their is None or their < b"1.1":
                 need_close = method != b"HEAD"
             else:
-                items.append((b"Transfer-Encoding", b"chunked"))
+                added.append((b"Transfer-Encoding", b"chunked"))
         if not self._cstate.keep_alive or need_close:
             connection = set(get_comma_header(response.headers, b"connection"))
             connection.discard(b"keep-alive")
             connection.add(b"close")
-            if items is None:
-                items = [(raw, v) for raw, _, v in response.headers._full_items]
-            items = [(raw, v) for raw, v in items if raw.lower() != b"connection"]
-            items.extend((b"Connection", v) for v in sorted(connection))
-        if items is None:
+            drop += (b"connection",)
+            added.extend((b"Connection", v) for v in sorted(connection))
+        if not drop:
             return response  # nothing to change: h11 would rebuild the same head
+        items = [(raw, v) for raw, low, v in response.headers._full_items if low not in drop]
+        items.extend(added)
         return h11.Response(
             headers=items,
             status_code=response.status_code,

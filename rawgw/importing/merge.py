@@ -7,7 +7,7 @@ reference and the literal goes to the export list, printed masked.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Container, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +15,14 @@ import tomli_w
 
 from rawgw.config import ENV_PREFIX
 
+
+def unique(base: str, taken: Container[str]) -> str:
+    """``base``, or ``base_2``, ``base_3`` … : the first name not in ``taken``."""
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}_{n}"
+    return name
 
 class ImportFailed(Exception):
     """One input could not be converted; the message is safe to print (no secrets)."""
@@ -77,28 +85,15 @@ class Merge:
         return ENV_PREFIX + var
 
     def _unique_var(self, base: str) -> str:
-        name, n = base, 1
-        while name in self.exports:
-            n += 1
-            name = f"{base}_{n}"
-        return name
+        return unique(base, self.exports)
 
     # ---------------------------------------------------------------- names
 
     def unique_provider(self, base: str) -> str:
-        name, n = base, 1
-        while name in self.providers:
-            n += 1
-            name = f"{base}_{n}"
-        return name
+        return unique(base, self.providers)
 
     def unique_key_name(self, base: str) -> str:
-        names = {k["name"] for k in self.keys}
-        name, n = base, 1
-        while name in names:
-            n += 1
-            name = f"{base}_{n}"
-        return name
+        return unique(base, {k["name"] for k in self.keys})
 
     def set_server(self, field_name: str, value: Any, source: str) -> None:
         old = self.server.get(field_name)

@@ -14,6 +14,7 @@ import re
 import orjson
 
 USAGE = b'"usage"'
+FAST_TRIES = 4  # closing braces tried before the token scanner: usage nests 1-2 levels
 
 
 # Strings (escapes respected) and braces: the regex engine skips everything else, so
@@ -26,11 +27,14 @@ def _usage_at(data: bytes, start: int) -> object:
 
     A JSON object ends where its own text says, so a slice from ``start`` that parses
     is that object: try the first ``}`` at which the braces balance (one C-level
-    ``find``/``count`` each; a usage object is flat or nested one level deep), and
-    scan tokens only when that fails (a brace inside a string).
+    ``find``/``count`` each, at most FAST_TRIES of them; a usage object is flat or
+    nested a level or two), and scan tokens only when that fails (a brace inside a
+    string, deeper nesting).
     """
     end = data.find(b"}", start)
-    while end > 0:
+    for _ in range(FAST_TRIES):  # bounded: braces inside strings would make it quadratic
+        if end < 0:
+            break
         piece = data[start : end + 1]
         if piece.count(b"{") == piece.count(b"}"):
             try:

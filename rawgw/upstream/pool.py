@@ -64,7 +64,10 @@ class OriginPool:
         socks = parse_proxy_url(origin.proxy) if origin.proxy.lower().startswith("socks5") else None
         self.socks: SocksProxy | None = socks if isinstance(socks, SocksProxy) else None
         self.via = f" via SOCKS5 proxy {self.socks.label}" if self.socks is not None else ""
-        self.resolver = Resolver(origin.host, origin.port)  # direct connects only (a proxy resolves for itself)
+        # names resolved once per TTL (rawgw.upstream.resolve): the upstream's (direct and
+        # socks5://), the SOCKS proxy's; an HTTP CONNECT proxy resolves the upstream itself
+        self.resolver = Resolver(origin.host, origin.port)
+        self.proxy_resolver = Resolver(self.socks.host, self.socks.port) if self.socks is not None else None
 
     @property
     def size(self) -> int:
@@ -138,7 +141,8 @@ class OriginPool:
             assert error is not None
             raise error
         if self.socks is not None:
-            sock = await open_tunnel(self.socks, o.host, o.port)
+            assert self.proxy_resolver is not None
+            sock = await open_tunnel(self.socks, o.host, o.port, self.resolver, self.proxy_resolver)
             try:
                 # TLS inside the tunnel, the certificate checked against the upstream's name.
                 _, proto = await loop.create_connection(factory, sock=sock, ssl=tls, server_hostname=o.host if tls else None)

@@ -44,21 +44,20 @@ class Resolver:
         self.ttl_s = ttl_s
         self.lookup = lookup
         self.clock = clock
-        self.addresses_: list[Address] = []
+        self.answer: list[Address] = []
         self.expires = 0.0
         self.pending: asyncio.Task[list[Address]] | None = None
-        self.lookups = 0
         try:
             ip = ipaddress.ip_address(host)
         except ValueError:
             self.literal = False
         else:
             self.literal = True
-            self.addresses_ = [(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, host, port)]
+            self.answer = [(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, host, port)]
 
     async def addresses(self) -> list[Address]:
-        if self.literal or (self.addresses_ and self.clock() < self.expires):
-            return self.addresses_
+        if self.literal or (self.answer and self.clock() < self.expires):
+            return self.answer
         pending = self.pending
         if pending is None:
             # A task of its own: one waiter leaving (its client hung up) must not cancel
@@ -67,18 +66,17 @@ class Resolver:
         return await asyncio.shield(pending)
 
     async def _lookup(self) -> list[Address]:
-        self.lookups += 1
         try:
             found = await self.lookup(self.host, self.port)
         finally:
             self.pending = None
         if not found:
             raise OSError(f"no address for {self.host}")
-        self.addresses_ = found
+        self.answer = found
         self.expires = self.clock() + self.ttl_s
         return found
 
     def forget(self) -> None:
         if not self.literal:
-            self.addresses_ = []
+            self.answer = []
             self.expires = 0.0

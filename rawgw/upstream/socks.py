@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from rawgw.http.netloc import authority
 from rawgw.upstream.connection import UpstreamError
+from rawgw.upstream.resolve import Resolver
 
 VERSION = 0x05
 METHOD_NONE = 0x00
@@ -181,33 +182,28 @@ async def _recv_exactly(loop: asyncio.AbstractEventLoop, sock: socket.socket, n:
     return buf
 
 
-async def _target_address(loop: asyncio.AbstractEventLoop, proxy: SocksProxy, host: str, port: int) -> str:
-    """socks5h: the name goes to the proxy; socks5: resolved here, the IP is sent."""
+async def _target_address(proxy: SocksProxy, host: str, target: Resolver) -> str:
+    """socks5h: the name goes to the proxy; socks5: resolved here (once per origin and
+    TTL, rawgw.upstream.resolve), the IP is sent."""
     if proxy.remote_dns:
         return host
     try:
-        ipaddress.ip_address(host)
-        return host
-    except ValueError:
-        pass
-    try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        return (await target.addresses())[0][1]
     except OSError as exc:
         raise UpstreamError("connect", f"cannot resolve {host} (for SOCKS5 proxy {proxy.label}): {exc.strerror or exc}") from None
-    return str(infos[0][4][0])
 
 
-async def _open_proxy_socket(loop: asyncio.AbstractEventLoop, proxy: SocksProxy) -> socket.socket:
+async def _open_proxy_socket(loop: asyncio.AbstractEventLoop, proxy: SocksProxy, via: Resolver) -> socket.socket:
     try:
-        infos = await loop.getaddrinfo(proxy.host, proxy.port, type=socket.SOCK_STREAM)
+        addresses = await via.addresses()
     except OSError as exc:
         raise UpstreamError("connect", f"cannot resolve SOCKS5 proxy {proxy.label}: {exc.strerror or exc}") from None
     last: OSError | None = None
-    for family, type_, proto, _, addr in infos:
-        sock = socket.socket(family, type_, proto)
+    for family, ip, port in addresses:
+        sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setblocking(False)
         try:
-            await loop.sock_connect(sock, addr)
+            await loop.sock_connect(sock, (ip, port))
         except OSError as exc:
             sock.close()
             last = exc
@@ -216,19 +212,21 @@ async def _open_proxy_socket(loop: asyncio.AbstractEventLoop, proxy: SocksProxy)
             sock.close()
             raise
         return sock
+    via.forget()
     reason = (last.strerror or str(last)) if last is not None else "no address"
     raise UpstreamError("connect", f"cannot connect to SOCKS5 proxy {proxy.label}: {reason}")
 
 
-async def open_tunnel(proxy: SocksProxy, host: str, port: int) -> socket.socket:
-    """A connected socket whose bytes reach ``host:port`` through the proxy.
+async def open_tunnel(proxy: SocksProxy, host: str, port: int, target: Resolver, via: Resolver) -> socket.socket:
+    """A connected socket whose bytes reach ``host:port`` through the proxy; ``target``
+    and ``via`` are the pool's resolvers of the upstream and of the proxy.
 
     The caller bounds this with the provider's connect timeout; a cancellation
     closes the socket.
     """
     loop = asyncio.get_running_loop()
-    target = await _target_address(loop, proxy, host, port)
-    sock = await _open_proxy_socket(loop, proxy)
+    address = await _target_address(proxy, host, target)
+    sock = await _open_proxy_socket(loop, proxy, via)
     try:
         await loop.sock_sendall(sock, greeting(proxy))
         method = parse_method_choice(await _recv_exactly(loop, sock, 2, "method negotiation"), proxy)
@@ -240,7 +238,7 @@ async def open_tunnel(proxy: SocksProxy, host: str, port: int) -> socket.socket:
                 # Some servers (pproxy) just hang up on bad credentials.
                 raise SocksError("authentication rejected (the proxy closed the connection)") from None
             parse_auth_reply(reply)
-        await loop.sock_sendall(sock, connect_request(target, port))
+        await loop.sock_sendall(sock, connect_request(address, port))
         head = await _recv_exactly(loop, sock, 5, "CONNECT")
         rest = reply_length(head) - 5
         if rest:
